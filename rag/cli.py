@@ -1,0 +1,183 @@
+"""The `medrag` command line. Heavy libraries are imported inside the commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SAMPLE_DIR = Path("data/sample")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# --- corpus ---------------------------------------------------------------------------------------
+
+def cmd_corpus_validate(args: argparse.Namespace) -> int:
+    from rag.corpus import format_problems, validate_corpus, validate_qa, read_documents
+
+    reports = [validate_corpus(args.corpus, check_images=not args.no_images)]
+    if args.qa:
+        doc_ids = None
+        if reports[0].ok:
+            doc_ids = {d.id for d in read_documents(args.corpus, check_images=False)}
+            for extra in args.extra_corpus or []:
+                doc_ids |= {d.id for d in read_documents(extra, check_images=False)}
+        reports.append(validate_qa(args.qa, doc_ids=doc_ids, check_images=not args.no_images))
+    ok = all(r.ok for r in reports)
+    if args.json:
+        _print_json({"ok": ok, "files": [
+            {"path": r.path, "records": r.records, "problems": [
+                {"line": p.line, "id": p.record_id, "message": p.message} for p in r.problems]}
+            for r in reports]})
+    else:
+        for r in reports:
+            if r.ok:
+                print(f"OK {r.path}: {r.records} records, no problems")
+            else:
+                print(format_problems(r), file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_corpus_sample(args: argparse.Namespace) -> int:
+    from rag.sample_corpus.build import build_sample_corpus, summary_table
+
+    summary = build_sample_corpus(args.out, seed=args.seed, images_per_doc=args.images_per_doc,
+                                  query_images_per_doc=args.query_images_per_doc, workers=args.workers,
+                                  progress=not args.json)
+    if args.json:
+        _print_json(summary.to_json())
+    else:
+        print(f"Sample corpus written to {args.out} in {summary.seconds:.1f} s (seed {args.seed})")
+        print(summary_table(summary))
+    return 0
+
+
+# --- importers ------------------------------------------------------------------------------------
+
+def _report_import(report: Any, as_json: bool) -> int:
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        print(report.summary())
+    return 0 if report.imported else 1
+
+
+def cmd_import_medpix(args: argparse.Namespace) -> int:
+    from rag.importers.medpix import import_medpix
+
+    root = Path(args.root) if args.root else None
+    descriptions = args.descriptions or (root / "descriptions_test.jsonl" if root else None)
+    cases = args.cases or (root / "cases_test.jsonl" if root else None)
+    images = args.images or (root / "images" if root else None)
+    if not (descriptions and cases and images):
+        raise SystemExit("medrag import medpix: give --root DIR or all of --descriptions, --cases and --images")
+    report = import_medpix(Path(descriptions), Path(cases), Path(images), Path(args.out), copy_images=args.copy_images)
+    return _report_import(report, args.json)
+
+
+def cmd_import_covid(args: argparse.Namespace) -> int:
+    from rag.importers.covid_cxr import import_covid_cxr
+
+    report = import_covid_cxr(Path(args.metadata), Path(args.images), Path(args.out), copy_images=args.copy_images)
+    return _report_import(report, args.json)
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rag.corpus import format_problems, validate_corpus, validate_qa
+    from rag.sample_corpus.build import build_sample_corpus, summary_table, SampleSummary
+
+    out = Path(args.corpus_dir)
+    started = time.perf_counter()
+    if not (out / "summary.json").is_file() or args.rebuild:
+        print(f"Building the sample corpus in {out} …")
+        summary = build_sample_corpus(out, seed=args.seed)
+    else:
+        print(f"Using the cached sample corpus in {out} (--rebuild to regenerate)")
+        data = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        summary = SampleSummary(out_dir=str(out), seed=data["seed"], seconds=data["seconds"],
+                                documents=data["documents"], images=data["images"],
+                                query_images=data["query_images"], qa=data["qa"])
+    print(summary_table(summary))
+    for report in (validate_corpus(out / "corpus.jsonl"), validate_corpus(out / "corpus_added.jsonl"),
+                   validate_qa(out / "qa.jsonl")):
+        print(f"validate {report.path}: {report.records} records, "
+              + ("no problems" if report.ok else format_problems(report, limit=10)))
+        if not report.ok:
+            return 1
+    print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medrag", description="Evidence-grounded medical VLM: corpora, indexes, "
+                                     "retrieval, answering and preference tuning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    corpus = commands.add_parser("corpus", help="validate or generate corpora").add_subparsers(dest="action", required=True)
+    p = corpus.add_parser("validate", help="check a corpus JSONL (and optionally a QA JSONL); exit 1 on any problem")
+    p.add_argument("corpus", help="corpus JSONL file; image paths are relative to its folder")
+    p.add_argument("--qa", help="QA JSONL file to check against the corpus")
+    p.add_argument("--extra-corpus", action="append", help="further corpus files whose ids QA items may cite")
+    p.add_argument("--no-images", action="store_true", help="skip opening image files (faster)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_corpus_validate)
+
+    p = corpus.add_parser("sample", help="generate the multi-domain sample corpus with images and a QA set")
+    p.add_argument("--out", default=str(DEFAULT_SAMPLE_DIR), help="output folder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images-per-doc", type=int, default=4)
+    p.add_argument("--query-images-per-doc", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="drawing processes (default: up to 2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_corpus_sample)
+
+    imports = commands.add_parser("import", help="import public datasets into the corpus format").add_subparsers(
+        dest="source", required=True)
+    p = imports.add_parser("medpix", help="MedPix 2.0 (descriptions + cases JSONL + images)")
+    p.add_argument("--root", help="folder holding descriptions_test.jsonl, cases_test.jsonl and images/")
+    p.add_argument("--descriptions")
+    p.add_argument("--cases")
+    p.add_argument("--images")
+    p.add_argument("--out", required=True, help="output folder for corpus.jsonl and import_report.json")
+    p.add_argument("--copy-images", action="store_true", help="copy images into the output folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import_medpix)
+
+    p = imports.add_parser("covid-cxr", help="COVID-19 image data collection (metadata.csv + images)")
+    p.add_argument("--metadata", required=True, help="metadata.csv")
+    p.add_argument("--images", required=True, help="images folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--copy-images", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import_covid)
+
+    p = commands.add_parser("demo", help="the main job on offline defaults: build the sample corpus and show it")
+    p.add_argument("--corpus-dir", default=str(DEFAULT_SAMPLE_DIR))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rebuild", action="store_true", help="regenerate cached artefacts")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        # Bad input gets one clear line, not a traceback; bugs still raise.
+        print(f"medrag: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
