@@ -149,15 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases")
     p.add_argument("--images")
     p.add_argument("--out", required=True, help="output folder for corpus.jsonl and import_report.json")
-    p.add_argument("--copy-images", action="store_true", help="copy images into the output folder")
+    p.add_argument("--no-copy-images", dest="copy_images", action="store_false",
+                   help="refer to the images in place instead of copying them into OUT/images "
+                        "(only possible when the images folder is inside OUT)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import_medpix)
 
     p = imports.add_parser("covid-cxr", help="COVID-19 image data collection (metadata.csv + images)")
     p.add_argument("--metadata", required=True, help="metadata.csv")
     p.add_argument("--images", required=True, help="images folder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--copy-images", action="store_true")
+    p.add_argument("--out", required=True, help="output folder for corpus.jsonl and import_report.json")
+    p.add_argument("--no-copy-images", dest="copy_images", action="store_false",
+                   help="refer to the images in place (only possible when the images folder is inside OUT)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import_covid)
 
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         # Bad input gets one clear line, not a traceback; bugs still raise.
         print(f"medrag: error: {exc}", file=sys.stderr)
         return 2

@@ -90,14 +90,16 @@ class ValidationReport:
         return {p.line for p in self.problems}
 
 
-def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Yield (1-based line number, raw bytes) for every non-blank line."""
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             if raw.strip():
                 yield number, raw
 
 
-def _parse_line(path: Path, number: int, raw: bytes) -> tuple[dict[str, Any] | None, Problem | None]:
+def parse_jsonl_line(path: Path, number: int, raw: bytes) -> tuple[dict[str, Any] | None, Problem | None]:
+    """Decode one JSONL line into an object, or say precisely why it cannot be."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -106,7 +108,7 @@ def _parse_line(path: Path, number: int, raw: bytes) -> tuple[dict[str, Any] | N
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, Problem(str(path), number, None, f"malformed JSON ({exc.msg} at column {exc.colno})")
+        return None, Problem(str(path), number, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
     if not isinstance(record, dict):
         return None, Problem(str(path), number, None, "line is JSON but not an object")
     return record, None
@@ -195,9 +197,9 @@ def validate_corpus(path: str | Path, check_images: bool = True) -> ValidationRe
         report.problems.append(Problem(str(path), 0, None, "corpus file not found"))
         return report
     seen: dict[str, int] = {}
-    for number, raw in _raw_lines(path):
+    for number, raw in iter_jsonl_lines(path):
         report.records += 1
-        record, problem = _parse_line(path, number, raw)
+        record, problem = parse_jsonl_line(path, number, raw)
         if problem:
             report.problems.append(problem)
             continue
@@ -226,9 +228,9 @@ def validate_qa(path: str | Path, doc_ids: set[str] | None = None, check_images:
         report.problems.append(Problem(str(path), 0, None, "QA file not found"))
         return report
     seen: dict[str, int] = {}
-    for number, raw in _raw_lines(path):
+    for number, raw in iter_jsonl_lines(path):
         report.records += 1
-        record, problem = _parse_line(path, number, raw)
+        record, problem = parse_jsonl_line(path, number, raw)
         if problem:
             report.problems.append(problem)
             continue
@@ -275,7 +277,7 @@ def read_documents(path: str | Path, skip_invalid: bool = False, check_images: b
     bad = report.bad_lines()
     docs = []
     keep = _field_names(Document)
-    for number, raw in _raw_lines(path):
+    for number, raw in iter_jsonl_lines(path):
         if number in bad:
             continue
         record = json.loads(raw.decode("utf-8"))
@@ -291,7 +293,7 @@ def read_qa(path: str | Path, skip_invalid: bool = False, doc_ids: set[str] | No
     bad = report.bad_lines()
     keep = _field_names(QAItem)
     items = []
-    for number, raw in _raw_lines(path):
+    for number, raw in iter_jsonl_lines(path):
         if number not in bad:
             record = json.loads(raw.decode("utf-8"))
             items.append(QAItem(**{k: v for k, v in record.items() if k in keep}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.corpus import CorpusError, read_documents, resolve_image, validate_corpus
+from rag.corpus import CorpusError, Document, read_documents, resolve_image, validate_corpus
 from rag.importers.covid_cxr import import_covid_cxr
 from rag.importers.medpix import import_medpix
 from rag.importers.report import ImportReport
@@ -33,7 +33,7 @@ def message(report: ImportReport, file: str, line: int) -> str:
     return " | ".join(p.message for p in report.problems if Path(p.path).name == file and p.line == line)
 
 
-def by_id(out: Path) -> dict:
+def by_id(out: Path) -> dict[str, Document]:
     docs = read_documents(out / "corpus.jsonl")
     return {d.id: d for d in docs}
 
@@ -46,7 +46,8 @@ def assert_valid_corpus(out: Path) -> None:
 # --- MedPix 2.0 -----------------------------------------------------------------------------------
 
 def run_medpix(out: Path, root: Path = MEDPIX, copy_images: bool = True) -> ImportReport:
-    return import_medpix(root / "descriptions.jsonl", root / "cases.jsonl", root / "images", out, copy_images=copy_images)
+    return import_medpix(root / "descriptions.jsonl", root / "cases.jsonl", root / "images", out,
+                         copy_images=copy_images)
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +131,15 @@ def test_medpix_reports_every_broken_record(medpix: tuple[ImportReport, Path]) -
     case_2 = message(report, c, 2)
     assert "MPX9002_synpic201 was not imported (see descriptions.jsonl line 5)" in case_2
     assert "MPX9002_synpic202 was not imported (see descriptions.jsonl line 6)" in case_2
-    assert "'MPX9002_synpic299' has no description" in case_2
+    assert "image MPX9002_synpic299 has no description" in case_2
 
 
 def test_medpix_copy_mode_copies_only_imported_images(medpix: tuple[ImportReport, Path]) -> None:
     out = medpix[1]
     assert sorted(p.name for p in (out / "images").iterdir()) == [
         "MPX9001_synpic101.png", "MPX9001_synpic102.png", "MPX9002_synpic205.png", "MPX9003_synpic301.png"]
-    assert (out / "images" / "MPX9001_synpic101.png").read_bytes() == (MEDPIX / "images" / "MPX9001_synpic101.png").read_bytes()
+    name = "MPX9001_synpic101.png"
+    assert (out / "images" / name).read_bytes() == (MEDPIX / "images" / name).read_bytes()
 
 
 def test_medpix_without_copy_refers_to_the_source_images(tmp_path: Path) -> None:

@@ -135,7 +135,8 @@ def _undecodable(row: dict[str, str]) -> str | None:
     for column, value in row.items():
         for char in value:
             if "\udc80" <= char <= "\udcff":
-                return f"invalid UTF-8 (byte 0x{ord(char) - 0xDC00:02x}) in column '{column}'; re-save the file as UTF-8"
+                byte = ord(char) - 0xDC00
+                return f"invalid UTF-8 (byte 0x{byte:02x}) in column '{column}'; re-save the file as UTF-8"
     return None
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rag.corpus import CorpusError, Document, _parse_line, _raw_lines, write_jsonl
-from rag.importers.report import ImportReport, SourceImages, age_field, sex_field, text_field
+from rag.corpus import CorpusError, Document, parse_jsonl_line, iter_jsonl_lines, write_jsonl
+from rag.importers.report import ImportReport, SourceImages, age_field, sex_field
 
 DATASET = "medpix"
 DOMAIN = "radiology"
@@ -40,6 +40,19 @@ CASE_SECTIONS: tuple[tuple[str, str], ...] = (
 )
 # A case lists its images per modality; "TAC" is Italian for CT.
 IMAGE_LISTS: tuple[tuple[str, str], ...] = (("TAC", "CT"), ("MRI", "MR"))
+
+
+def _text(record: dict[str, Any], key: str) -> str:
+    """A text field of a source record, stripped; '' when missing, null or not text.
+
+    Numbers count as text, so an Age written as 74 rather than "74" is not lost.
+    """
+    value = record.get(key)
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value.strip() if isinstance(value, str) else ""
 
 
 def import_medpix(descriptions: Path, cases: Path, images_dir: Path, out_dir: Path,
@@ -77,13 +90,13 @@ def _read_descriptions(path: Path, images: SourceImages,
     """Image documents by image name, and the line of every image name met (imported or not)."""
     docs: dict[str, Document] = {}
     lines: dict[str, int] = {}
-    for line, raw in _raw_lines(path):
+    for line, raw in iter_jsonl_lines(path):
         report.read += 1
-        record, problem = _parse_line(path, line, raw)
+        record, problem = parse_jsonl_line(path, line, raw)
         if problem:
             report.add_problem(path, line, None, f"{problem.message}; line skipped")
             continue
-        name = text_field(record, "image")
+        name = _text(record, "image")
         if not name:
             report.add_problem(path, line, None, "missing field 'image'; line skipped")
             continue
@@ -104,22 +117,22 @@ def _read_descriptions(path: Path, images: SourceImages,
 
 
 def _description_problem(record: dict[str, Any]) -> str | None:
-    if not text_field(record, "U_id"):
+    if not _text(record, "U_id"):
         return "missing field 'U_id'"
     description = record.get("Description")
     if not isinstance(description, dict):
         return "missing field 'Description'"
-    if not text_field(description, "Caption"):
+    if not _text(description, "Caption"):
         return "missing caption (Description.Caption)"
     return None
 
 
 def _image_document(doc_id: str, name: str, record: dict[str, Any], relpath: str) -> Document:
     description = record["Description"]
-    modality = text_field(description, "Modality")
-    plane = text_field(description, "Plane")
-    location = text_field(record, "Location")
-    location_category = text_field(record, "Location Category")
+    modality = _text(description, "Modality")
+    plane = _text(description, "Plane")
+    location = _text(record, "Location")
+    location_category = _text(record, "Location Category")
     facts = []
     if modality:
         facts.append(f"Modality: {modality}.")
@@ -127,25 +140,26 @@ def _image_document(doc_id: str, name: str, record: dict[str, Any], relpath: str
         facts.append(f"Plane: {plane}.")
     if location:
         facts.append(f"Location: {location}" + (f" ({location_category})." if location_category else "."))
-    case_id = text_field(record, "U_id")
+    case_id = _text(record, "U_id")
+    acquisition = ", ".join(p for p in (modality, plane) if p)
     return Document(
         id=doc_id,
         domain=DOMAIN,
-        title=" — ".join(part for part in (name, ", ".join(p for p in (modality, plane) if p)) if part),
-        text="\n".join([text_field(description, "Caption"), " ".join(facts)]).strip(),
+        title=f"{name} — {acquisition}" if acquisition else name,
+        text="\n".join([_text(description, "Caption"), " ".join(facts)]).strip(),
         images=[relpath],
         source=f"{SOURCE}, case {case_id}",
         metadata={
             "kind": "image",
             "case_id": case_id,
-            "image_type": text_field(record, "Type") or None,
+            "image_type": _text(record, "Type") or None,
             "modality": modality or None,
             "plane": plane or None,
-            "age": age_field(text_field(description, "Age")),
-            "sex": sex_field(text_field(description, "Sex")),
+            "age": age_field(_text(description, "Age")),
+            "sex": sex_field(_text(description, "Sex")),
             "location": location or None,
             "location_category": location_category or None,
-            "acr_codes": text_field(description, "ACR Codes") or None,
+            "acr_codes": _text(description, "ACR Codes") or None,
         },
     )
 
@@ -154,13 +168,13 @@ def _read_cases(path: Path, descriptions: Path, image_docs: dict[str, Document],
                 report: ImportReport) -> list[Document]:
     docs: list[Document] = []
     seen: dict[str, int] = {}
-    for line, raw in _raw_lines(path):
+    for line, raw in iter_jsonl_lines(path):
         report.read += 1
-        record, problem = _parse_line(path, line, raw)
+        record, problem = parse_jsonl_line(path, line, raw)
         if problem:
             report.add_problem(path, line, None, f"{problem.message}; line skipped")
             continue
-        case_id = text_field(record, "U_id")
+        case_id = _text(record, "U_id")
         if not case_id:
             report.add_problem(path, line, None, "missing field 'U_id'; line skipped")
             continue
@@ -173,7 +187,7 @@ def _read_cases(path: Path, descriptions: Path, image_docs: dict[str, Document],
         if not isinstance(case, dict):
             report.add_problem(path, line, doc_id, "missing field 'Case'; line skipped")
             continue
-        sections = {key: text_field(case, source) for source, key in CASE_SECTIONS if text_field(case, source)}
+        sections = {key: text for source, key in CASE_SECTIONS if (text := _text(case, source))}
         if not sections:
             headers = ", ".join(source for source, _ in CASE_SECTIONS)
             report.add_problem(path, line, doc_id, f"case has no text (all of {headers} are empty); line skipped")
@@ -197,14 +211,14 @@ def _read_cases(path: Path, descriptions: Path, image_docs: dict[str, Document],
                     report.add_problem(path, line, doc_id, f"image {name} was not imported (see {descriptions.name} "
                                        f"line {image_lines[name]}); dropped from the case")
                 else:
-                    report.add_problem(path, line, doc_id, f"image {name!r} has no description in "
+                    report.add_problem(path, line, doc_id, f"image {name} has no description in "
                                        f"{descriptions.name}; dropped from the case")
 
         topic = record.get("Topic") if isinstance(record.get("Topic"), dict) else {}
         docs.append(Document(
             id=doc_id,
             domain=DOMAIN,
-            title=text_field(case, "Title") or sections.get("diagnosis") or f"MedPix case {case_id}",
+            title=_text(case, "Title") or sections.get("diagnosis") or f"MedPix case {case_id}",
             text="\n\n".join(f"{source}: {sections[key]}" for source, key in CASE_SECTIONS if key in sections),
             images=images,
             source=f"{SOURCE}, case {case_id}",
@@ -212,10 +226,10 @@ def _read_cases(path: Path, descriptions: Path, image_docs: dict[str, Document],
                 "kind": "case",
                 "case_id": case_id,
                 "diagnosis": sections.get("diagnosis"),
-                "diagnosis_by": text_field(case, "Diagnosis By") or None,
-                "category": text_field(topic, "Category") or None,
-                "acr_code": text_field(topic, "ACR Code") or None,
-                "topic": text_field(topic, "Title") or None,
+                "diagnosis_by": _text(case, "Diagnosis By") or None,
+                "category": _text(topic, "Category") or None,
+                "acr_code": _text(topic, "ACR Code") or None,
+                "topic": _text(topic, "Title") or None,
                 "modalities": modalities,
                 "sections": sections,
             },

@@ -125,19 +125,6 @@ class SourceImages:
         return relpath.as_posix(), None
 
 
-def text_field(record: dict[str, Any], key: str) -> str:
-    """A text value of a source record, stripped; '' when missing, null or not text.
-
-    Numbers count as text because the same field is a string in one release and a number in another.
-    """
-    value = record.get(key)
-    if isinstance(value, bool):
-        return ""
-    if isinstance(value, (int, float)):
-        return str(value)
-    return value.strip() if isinstance(value, str) else ""
-
-
 _SEXES = {"female": "female", "f": "female", "male": "male", "m": "male"}
 
 

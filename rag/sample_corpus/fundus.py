@@ -125,10 +125,10 @@ def _retina(rng: np.random.Generator) -> dict:
     return {
         "retina_rgb": [round(float(c), 1) for c in np.clip(retina, 60, 250)],
         "vein_rgb": [round(float(c), 1) for c in retina * np.array([0.55, 0.25, 0.35])],
-        "artery_rgb": [round(float(c), 1) for c in retina * np.array([0.85, 0.45, 0.55])],
+        "artery_rgb": [round(float(c), 1) for c in retina * np.array([0.95, 0.55, 0.6])],
         "disc_rgb": [round(float(c), 1) for c in np.array([240, 175, 120]) + rng.normal(0, 6, 3)],
         "tessellation": round(float(rng.uniform(0.0, 0.18) * (1 - pigment)), 3),
-        "macula_dark": round(float(rng.uniform(0.2, 0.4)), 3),
+        "macula_dark": round(float(rng.uniform(0.25, 0.45)), 3),
         "texture_seed": int(rng.integers(2**31)),
         "vessel_seed": int(rng.integers(2**31)),
         "tortuosity": round(float(rng.uniform(1.5, 3.5)), 2),
@@ -513,7 +513,7 @@ _FIELD_MASK = np.clip((FIELD_R - np.hypot(_OX, _OY)) / 1.5 + 0.5, 0, 1)[..., Non
 
 # Main vessel trunks leaving the disc: initial heading (degrees, +x temporal, +y inferior),
 # turning per step (the temporal arcades curve around the macula, the nasal ones stay straighter).
-_TRUNKS = ((-62.0, 2.4), (62.0, -2.4), (-122.0, -0.8), (122.0, 0.8), (-170.0, 0.3))
+_TRUNKS = ((-70.0, 3.2), (70.0, -3.2), (-122.0, -0.8), (122.0, 0.8), (-170.0, 0.3))
 _STEP = 3.0
 
 
@@ -524,60 +524,66 @@ def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
 
 
 def _vessel_tree(p: dict) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """Branches (points, widths, kind) of the patient's retinal vessels, grown from their seed."""
+    """Branches (points, widths, kind) of the patient's retinal vessels, grown from their seed.
+
+    Each branch follows a planned arc (the temporal arcades curve around the macula) plus a
+    mean-reverting wiggle, so vessels are tortuous without wandering off their course.
+    """
     rng = np.random.default_rng(p["vessel_seed"])
-    fovea = np.array(p["fovea"], dtype=float)
+    fx, fy = p["fovea"]
+    limit = CONTENT / 2 - 4
     branches: list[tuple[np.ndarray, np.ndarray, str]] = []
     beading = p["beading"]
-    engorged = 1.0 + 0.06 * p["frisen"]  # papilledema dilates the veins
 
-    def grow(pos: np.ndarray, heading: float, bias: float, width: float, steps: int, depth: int,
+    def grow(x: float, y: float, heading: float, bias: float, width: float, steps: int, depth: int,
              kind: str) -> None:
-        pts, widths = [pos.copy()], [width]
-        turn = 0.0
-        next_branch = int(rng.integers(6, 14))
+        wiggle = rng.normal(0, p["tortuosity"], steps)
+        pts, widths = [(x, y)], [width]
+        dev = 0.0
+        next_branch = int(rng.integers(5, 12))
         for i in range(steps):
-            turn = 0.7 * turn + rng.normal(0, p["tortuosity"])
-            heading += bias + turn
-            bias *= 0.965
-            pos = pos + _STEP * np.array([math.cos(math.radians(heading)), math.sin(math.radians(heading))])
-            width *= 0.992
-            if np.hypot(*pos) > CONTENT / 2 - 4 or np.hypot(*(pos - fovea)) < 9 or width < 0.45:
+            dev = 0.85 * dev + wiggle[i]
+            heading += bias
+            bias *= 0.97
+            a = math.radians(heading + dev)
+            x, y = x + _STEP * math.cos(a), y + _STEP * math.sin(a)
+            width *= 0.99
+            if math.hypot(x, y) > limit or math.hypot(x - fx, y - fy) < 9 or width < 0.45:
                 break
-            pts.append(pos.copy())
-            shown = width * (1 + 0.45 * math.sin(1.3 * i)) if beading and kind == "vein" else width
-            widths.append(shown)
+            pts.append((x, y))
+            widths.append(width * (1 + 0.45 * math.sin(1.3 * i)) if beading and kind == "vein" else width)
             if i == next_branch and depth < 3:
-                side = rng.choice([-1, 1])
-                grow(pos.copy(), heading + side * rng.uniform(28, 60), rng.normal(0, 0.8),
-                     width * rng.uniform(0.55, 0.75), int(rng.integers(12, 40) * 0.75**depth),
-                     depth + 1, kind)
-                width *= 0.88
-                next_branch = i + int(rng.integers(7, 16))
+                side = 1 if rng.random() < 0.5 else -1
+                grow(x, y, heading + dev + side * rng.uniform(30, 65), float(rng.normal(0, 0.8)),
+                     width * rng.uniform(0.5, 0.7), int(rng.integers(8, 30) * 0.75**depth), depth + 1, kind)
+                width *= 0.9
+                next_branch = i + int(rng.integers(6, 14))
         branches.append((np.array(pts), np.array(widths), kind))
 
-    disc = np.array(p["disc"], dtype=float)
+    dx, dy = p["disc"]
+    engorged = 1.0 + 0.06 * p["frisen"]  # papilledema dilates the veins
     for kind, w0 in (("vein", p["vein_width"] * engorged), ("artery", p["vein_width"] * 0.7)):
         for heading, bias in _TRUNKS:
-            start = disc + np.array([-0.15 * p["disc_r"], rng.normal(0, 1.5)])
-            grow(start, heading + rng.normal(0, 6), bias * rng.uniform(0.85, 1.15), w0, 60, 0, kind)
+            grow(dx - 0.15 * p["disc_r"], dy + float(rng.normal(0, 1.5)), heading + float(rng.normal(0, 5)),
+                 bias * rng.uniform(0.85, 1.15), w0, 70, 0, kind)
     return branches
 
 
 def _fine_vessels(rng: np.random.Generator, centre: Sequence[float], radius: float, count: int,
                   ) -> list[np.ndarray]:
-    """Tortuous fine loops (new vessels or IRMA) radiating from `centre` within `radius`."""
+    """Tortuous fine loops (new vessels or IRMA) wandering from `centre` within `radius`."""
+    cx, cy = centre
     loops = []
     for _ in range(count):
-        heading = rng.uniform(0, 360)
-        pos = np.array(centre, dtype=float) + rng.normal(0, radius * 0.2, 2)
-        pts = [pos.copy()]
-        for _ in range(int(rng.integers(6, 12))):
-            heading += rng.normal(0, 45)
-            pos = pos + radius / 5 * np.array([math.cos(math.radians(heading)), math.sin(math.radians(heading))])
-            if np.hypot(*(pos - np.asarray(centre))) > radius:
-                heading += 150
-            pts.append(pos.copy())
+        heading = rng.uniform(0, 2 * math.pi)
+        x, y = rng.normal(centre, radius * 0.2)
+        pts = [(x, y)]
+        for turn in rng.normal(0, 0.8, int(rng.integers(6, 12))):
+            heading += turn
+            x, y = x + radius / 5 * math.cos(heading), y + radius / 5 * math.sin(heading)
+            if math.hypot(x - cx, y - cy) > radius:
+                heading += 2.6  # turn back towards the centre
+            pts.append((x, y))
         loops.append(np.array(pts))
     return loops
 
@@ -607,25 +613,30 @@ class _Masks:
         out[:, 1] = (CONTENT / 2 + pts[:, 1]) * SS
         return out.ravel().tolist()
 
+    def dot(self, draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill: int) -> None:
+        cx, cy = self.xy(np.array([[x, y]]))
+        draw.ellipse((cx - r * SS, cy - r * SS, cx + r * SS, cy + r * SS), fill=fill)
+
     def alpha(self, name: str, blur: float = 0.0) -> np.ndarray | None:
         if name not in self.images:
             return None
-        img = self.images[name]
+        img = self.images[name].reduce(SS)
         if blur:
-            img = img.filter(ImageFilter.GaussianBlur(blur * SS))
-        return np.asarray(img.reduce(SS), dtype=np.float32)[..., None] / 255.0
+            img = img.filter(ImageFilter.GaussianBlur(blur))
+        return np.asarray(img, dtype=np.float32)[..., None] / 255.0
 
 
 def _draw_vessels(masks: _Masks, p: dict) -> None:
     for pts, widths, kind in _vessel_tree(p):
         draw = masks.draw(kind)
+        xy = masks.xy(pts)
         w2 = np.maximum(1, np.round(widths * SS)).astype(int)
         start = 0
         for i in range(1, len(pts) + 1):  # one polyline per run of equal width
             if i == len(pts) or w2[i] != w2[start]:
-                run = pts[max(start - 1, 0):i]
-                if len(run) >= 2:
-                    draw.line(masks.xy(run), fill=255, width=int(w2[start]), joint="curve")
+                first = max(start - 1, 0)
+                if i - first >= 2:
+                    draw.line(xy[2 * first:2 * i], fill=255, width=int(w2[start]), joint="curve")
                 start = i
     for x, y, radius, seed in p["nv"] + p["irma"]:
         loops = _fine_vessels(np.random.default_rng(seed), (x, y), radius, 14 if radius > 8 else 5)
@@ -635,9 +646,9 @@ def _draw_vessels(masks: _Masks, p: dict) -> None:
 
 
 def _draw_lesions(masks: _Masks, p: dict) -> None:
-    red = masks.draw("red")
+    red = masks.draw("red") if p["microaneurysms"] or p["flame"] or p["splinter"] else None
     for x, y, r in p["microaneurysms"]:
-        red.ellipse(masks.xy(np.array([[x - r, y - r], [x + r, y + r]])), fill=255)
+        masks.dot(red, x, y, r, 255)
     for x, y, rx, ry, a in p["haemorrhages"]:
         red.polygon(masks.xy(_ellipse(x, y, rx, ry, a)), fill=235)
     for x, y, length, width, a in p["flame"] + p["splinter"]:
@@ -650,7 +661,7 @@ def _draw_lesions(masks: _Masks, p: dict) -> None:
     if p["exudates"]:
         yellow = masks.draw("exudate")
         for x, y, r in p["exudates"]:
-            yellow.ellipse(masks.xy(np.array([[x - r, y - r], [x + r, y + r]])), fill=255)
+            masks.dot(yellow, x, y, r, 255)
     if p["cotton_wool"]:
         white = masks.draw("cotton_wool")
         for x, y, rx, ry, a in p["cotton_wool"]:
@@ -663,70 +674,98 @@ def _blend(img: np.ndarray, alpha: np.ndarray | None, rgb: Sequence[float]) -> n
     return img * (1 - alpha) + np.asarray(rgb, dtype=np.float32) * alpha
 
 
-def _render_retina(p: dict) -> np.ndarray:
-    """The patient's retina on the content canvas (float RGB), before any acquisition effect."""
-    sign = 1.0 if p["eye"] == "left" else -1.0
-    x, y = sign * _XX, _YY  # canonical coordinates of every content pixel
-    tex = np.random.default_rng(p["texture_seed"])
-    retina = np.asarray(p["retina_rgb"], dtype=np.float32)
-    shade = 1 + 0.06 * _smooth_noise(tex, 10)
-    # Choroidal vessels show through a thin pigment epithelium as a network of lighter bands:
-    # the zero crossings of smooth noise draw such a network.
-    choroid = np.exp(-(_smooth_noise(tex, 28) / 0.35) ** 2)
-    img = retina * (shade + p["tessellation"] * (choroid - 0.3))[..., None]
-    fx, fy = p["fovea"]
-    d2 = (x - fx) ** 2 + (y - fy) ** 2
-    macula = p["macula_dark"] * np.exp(-d2 / (2 * 15.0**2))
-    img = img * (1 - macula[..., None] * np.array([0.7, 1.0, 1.0], dtype=np.float32))
-    img = img + (70 * np.exp(-d2 / (2 * 1.3**2)))[..., None]  # foveal reflex
+def _window(sign: float, centre: Sequence[float], half: float) -> tuple[tuple[slice, slice], np.ndarray,
+                                                                         np.ndarray]:
+    """Content-canvas slices around a canonical point and the canonical x, y of their pixels:
+    smooth features (disc, macula) are computed only where they are."""
+    col, row = CONTENT / 2 + sign * centre[0], CONTENT / 2 + centre[1]
+    rows = slice(max(0, int(row - half)), min(CONTENT, int(row + half) + 1))
+    cols = slice(max(0, int(col - half)), min(CONTENT, int(col + half) + 1))
+    return (rows, cols), sign * _XX[rows, cols], _YY[rows, cols]
 
-    dx, dy = p["disc"]
+
+def _paint_macula(img: np.ndarray, p: dict, sign: float) -> None:
+    win, x, y = _window(sign, p["fovea"], 50)
+    d2 = (x - p["fovea"][0]) ** 2 + (y - p["fovea"][1]) ** 2
+    dark = p["macula_dark"] * np.exp(d2 / (-2 * 17.0**2))
+    img[win] *= 1 - dark[..., None] * np.array([0.7, 1.0, 1.0], dtype=np.float32)
+    img[win] += (70 * np.exp(d2 / (-2 * 1.3**2)))[..., None]  # foveal reflex
+
+
+def _disc_geometry(p: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Elliptic radius (1 at the disc margin), polar angle and disc-normalised x, y of each pixel."""
+    rx = p["disc_r"] * (1 + 0.1 * p["frisen"])  # a swollen disc looks larger
+    u, v = (x - p["disc"][0]) / rx, (y - p["disc"][1]) / (rx * 1.08)
+    return np.hypot(u, v), np.arctan2(v, u), u, v
+
+
+def _disc_colour(p: dict) -> np.ndarray:
+    rgb = np.asarray(p["disc_rgb"], dtype=np.float32)
+    if p["frisen"]:  # a swollen disc is hyperaemic
+        rgb = rgb * np.array([1.0, 0.85, 0.85], dtype=np.float32) * (1 - 0.03 * p["frisen"])
+    return rgb
+
+
+def _paint_disc(img: np.ndarray, p: dict, sign: float) -> None:
+    """Optic disc with its cup (and notch), peripapillary atrophy, and margin blur of swelling."""
+    win, x, y = _window(sign, p["disc"], p["disc_r"] * 2.2)
+    rho, phi, u, v = _disc_geometry(p, x, y)
+    patch = img[win]
     grade = p["frisen"]
-    rx = p["disc_r"] * (1 + 0.1 * grade)
-    ry = rx * 1.08
-    u, v = (x - dx) / rx, (y - dy) / ry
-    rho = np.hypot(u, v)
-    phi = np.arctan2(v, u)
     if p["ppa"]:
         # beta-zone atrophy: a pale crescent on the temporal side of the disc
         crescent = np.clip((1.35 - rho) / 0.1, 0, 1) * np.clip((rho - 0.9) / 0.1, 0, 1)
-        crescent *= np.clip(np.cos(phi), 0, 1) ** 1.5 * p["ppa"]
-        img = _blend(img, crescent[..., None] * 0.8, (225, 195, 160))
+        crescent *= np.clip(np.cos(phi), 0, 1) ** 1.5 * (0.8 * p["ppa"])
+        patch = _blend(patch, crescent[..., None], (225, 195, 160))
     edge = 0.08 + 0.09 * grade
     if grade == 1:  # Frisén 1: only the nasal margin is blurred
         edge = 0.08 + 0.25 * np.clip(-np.cos(phi), 0, 1)
     disc_alpha = np.clip((1 - rho) / edge + 0.5, 0, 1)
-    disc_rgb = np.asarray(p["disc_rgb"], dtype=np.float32)
-    if grade:
-        disc_rgb = disc_rgb * np.array([1.0, 0.85, 0.85]) * (1 - 0.03 * grade)  # hyperaemic disc
-    img = _blend(img, disc_alpha[..., None], disc_rgb)
+    patch = _blend(patch, disc_alpha[..., None], _disc_colour(p))
     cup_v = p["cdr"]
     if p["notch"] != "none":
         pole = math.pi / 2 if p["notch"] == "inferior" else -math.pi / 2
-        notch = np.exp(-((phi - pole * 0.9) / 0.35) ** 2)
-        cup_v = cup_v + (0.94 - cup_v) * notch
+        cup_v = cup_v + (0.94 - cup_v) * np.exp(-((phi - pole * 0.9) / 0.35) ** 2)
     cup_rho = np.hypot((u - 0.08) / (0.9 * p["cdr"]), v / cup_v)
-    cup_alpha = np.clip((1 - cup_rho) / 0.25 + 0.5, 0, 1) * max(0.0, 1 - grade / 2.5)
-    img = _blend(img, cup_alpha[..., None] * 0.9, (252, 236, 205))
+    cup_alpha = np.clip((1 - cup_rho) / 0.25 + 0.5, 0, 1) * (0.9 * max(0.0, 1 - grade / 2.5))
+    img[win] = _blend(patch, cup_alpha[..., None], (252, 236, 205))
 
+
+def _paint_swelling(img: np.ndarray, p: dict, sign: float) -> None:
+    """Swollen nerve fibres cover the vessels at the disc margin (and on the disc when severe)."""
+    grade = p["frisen"]
+    win, x, y = _window(sign, p["disc"], p["disc_r"] * 2.6)
+    rho, phi, _, _ = _disc_geometry(p, x, y)
+    halo = np.exp(-((rho - 1.05) / (0.25 + 0.05 * grade)) ** 2)
+    if grade >= 4:
+        halo = np.maximum(halo, np.clip(1.05 - rho, 0, 1) * (grade - 3) / 2 + 0.3 * (rho < 1))
+    if grade == 1:
+        halo *= np.clip(-np.cos(phi), 0, 1)
+    alpha = (0.15 + 0.15 * grade) * np.clip(halo, 0, 1)
+    img[win] = _blend(img[win], alpha[..., None], _disc_colour(p) * 0.95 + 10)
+
+
+def _render_retina(p: dict) -> np.ndarray:
+    """The patient's retina on the content canvas (float RGB), before any acquisition effect."""
+    sign = 1.0 if p["eye"] == "left" else -1.0
+    tex = np.random.default_rng(p["texture_seed"])
+    shade = 1 + 0.06 * _smooth_noise(tex, 10)
+    # Choroidal vessels show through a thin pigment epithelium as a network of lighter bands:
+    # the zero crossings of smooth noise draw such a network.
+    choroid = np.exp(-(_smooth_noise(tex, 28) / 0.35) ** 2)
+    img = np.asarray(p["retina_rgb"], dtype=np.float32) * (shade + p["tessellation"] * (choroid - 0.3))[..., None]
+    _paint_macula(img, p, sign)
+    _paint_disc(img, p, sign)
     masks = _Masks(sign)
     _draw_vessels(masks, p)
     img = _blend(img, masks.alpha("vein"), p["vein_rgb"])
     img = _blend(img, masks.alpha("artery"), p["artery_rgb"])
-    if grade:
-        # Swollen nerve fibres cover the vessels at the disc margin (and on the disc when severe).
-        strength = 0.15 + 0.15 * grade
-        halo = np.exp(-((rho - 1.05) / (0.25 + 0.05 * grade)) ** 2)
-        if grade >= 4:
-            halo = np.maximum(halo, np.clip(1.05 - rho, 0, 1) * (grade - 3) / 2 + 0.3 * (rho < 1))
-        if grade == 1:
-            halo *= np.clip(-np.cos(phi), 0, 1)
-        img = _blend(img, (strength * np.clip(halo, 0, 1))[..., None], disc_rgb * 0.95 + 10)
+    if p["frisen"]:
+        _paint_swelling(img, p, sign)
     _draw_lesions(masks, p)
-    img = _blend(img, masks.alpha("red"), np.asarray(p["vein_rgb"]) * 0.85)
+    img = _blend(img, masks.alpha("red"), np.asarray(p["vein_rgb"], dtype=np.float32) * 0.85)
     img = _blend(img, masks.alpha("exudate"), (235, 205, 95))
-    img = _blend(img, masks.alpha("cotton_wool", blur=1.2), (238, 228, 210))
-    return img
+    return _blend(img, masks.alpha("cotton_wool", blur=1.2), (238, 228, 210))
 
 
 def _acquire(retina: np.ndarray, rng: np.random.Generator) -> Image.Image:
