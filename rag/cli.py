@@ -88,6 +88,127 @@ def cmd_import_covid(args: argparse.Namespace) -> int:
     return _report_import(report, args.json)
 
 
+# --- index ----------------------------------------------------------------------------------------
+
+DEFAULT_SPEC = Path("indexes/sample.yaml")
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from rag.index_build import IndexSpec
+
+    spec = IndexSpec.from_file(args.spec) if args.spec else IndexSpec()
+    for field in ("corpus", "qa", "out", "text_encoder", "image_encoder", "seed"):
+        value = getattr(args, field, None)
+        if value is not None:
+            setattr(spec, field, value)
+    if not spec.corpus:
+        raise ValueError("medrag index build: give --corpus C.jsonl or --spec FILE naming a corpus")
+    if not spec.out:
+        raise ValueError("medrag index build: give --out DIR (or `out:` in the spec)")
+    return spec
+
+
+def ensure_sample_corpus(spec) -> None:
+    """A spec with `generate_sample: true` creates the sample corpus when it is missing."""
+    from rag.sample_corpus.build import build_sample_corpus
+
+    if spec.generate_sample and not Path(spec.corpus).is_file():
+        print(f"{spec.corpus} not found: generating the sample corpus (seed {spec.sample_seed})", file=sys.stderr)
+        build_sample_corpus(Path(spec.corpus).parent, seed=spec.sample_seed)
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from rag.index_build import build_index, bundle_info
+
+    spec = _spec_from_args(args)
+    ensure_sample_corpus(spec)
+    started = time.perf_counter()
+    build_index(spec.corpus, spec.out, spec=spec, qa=spec.qa, on_bad_record="skip" if args.skip_bad else "stop",
+                progress=not args.json)
+    info = bundle_info(spec.out)
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    if args.json:
+        _print_json(info)
+    else:
+        _print_info(info)
+    return 0
+
+
+def _print_info(info: dict) -> None:
+    print(f"index {info['path']} ({info['version']}, format {info['format_version']})")
+    enc = info["encoders"]
+    print(f"  encoders: text {enc['text']['name']} [{enc['text']['fingerprint']}], "
+          f"image {enc['image']['name']} [{enc['image']['fingerprint']}]")
+    counts = info.get("counts") or {}
+    print(f"  {counts.get('documents', 0)} documents, {counts.get('images', 0)} images")
+    for domain, c in (counts.get("per_domain") or {}).items():
+        print(f"    {domain:<14} docs {c['documents']:>5}  text {c['text']:>5}  joint {c['joint']:>5}  image {c['image']:>6}")
+    print(f"  router val accuracy: {info['heads']['router_val_accuracy']}, "
+          f"aligner val recall@1: {info['heads']['aligner_val_recall_at_1']}")
+    routing = info.get("routing") or {}
+    print(f"  routing threshold {routing.get('threshold')} (calibrated on {routing.get('calibrated_on', 0)} val questions)")
+    sel = info.get("selection") or {}
+    print(f"  selection: rule {sel.get('rule')}, gamma {sel.get('gamma')}, rho {sel.get('rho')}, k {sel.get('k')}, "
+          f"alpha {sel.get('alpha')}")
+    if info.get("seconds") is not None:
+        print(f"  built in {info['seconds']} s")
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from rag.index_build import bundle_info
+
+    info = bundle_info(args.index)
+    _print_json(info) if args.json else _print_info(info)
+    return 0
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    from rag.index_build import add_documents
+
+    result = add_documents(args.index, args.corpus, on_bad_record="skip" if args.skip_bad else "stop",
+                           progress=not args.json)
+    _print_json(result) if args.json else print(f"added {result['added']} documents ({result['images']} images); "
+                                                f"{result['documents_total']} in the index")
+    return 0
+
+
+def cmd_index_remove(args: argparse.Namespace) -> int:
+    from rag.index_build import remove_documents
+
+    ids = list(args.ids)
+    if args.ids_file:
+        ids += [line.strip() for line in Path(args.ids_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not ids:
+        raise ValueError("medrag index remove: name document ids, or --ids-file FILE")
+    result = remove_documents(args.index, ids)
+    _print_json(result) if args.json else print(f"removed {result['removed']} documents; "
+                                                f"{result['documents_total']} in the index")
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from rag.retriever import Retriever
+
+    retriever = Retriever.load(args.index)
+    filters = dict(f.split("=", 1) for f in args.filter or [])
+    result = retriever.retrieve(args.question, image=args.image, k=args.k, domains=args.domain or None,
+                                channels=args.channel or None, routing=not args.no_routing, filters=filters or None)
+    kept, selection = retriever.select(result, rule=args.rule)
+    if args.json:
+        data = result.to_json()
+        data["selection"] = {"k": selection.k, "rule": selection.rule, "reason": selection.reason}
+        _print_json(data)
+        return 0
+    r = result.routing
+    print(f"routed to {r.domain} (confidence {r.confidence:.2f}, {r.mode}; searched {', '.join(r.searched)})")
+    print(f"channels: {', '.join(result.channels)}; {result.timings['total'] * 1000:.1f} ms")
+    for i, hit in enumerate(result.hits, 1):
+        mark = "*" if i <= selection.k else " "
+        print(f"{mark}{i:>2}. {hit.score:.4f}  {hit.doc.id:<28} {hit.doc.title[:60]}")
+    print(f"selection: keep {selection.k} ({selection.reason})")
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -163,6 +284,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refer to the images in place (only possible when the images folder is inside OUT)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import_covid)
+
+    index = commands.add_parser("index", help="build and maintain index bundles").add_subparsers(dest="action", required=True)
+    p = index.add_parser("build", help="validate, embed, train heads, calibrate, and write a bundle atomically")
+    p.add_argument("--spec", help=f"index spec (YAML/JSON); e.g. {DEFAULT_SPEC} builds the sample index")
+    p.add_argument("--corpus", help="corpus JSONL (overrides the spec)")
+    p.add_argument("--qa", help="QA JSONL: train questions teach the text router, val calibrates selection")
+    p.add_argument("--out", help="bundle folder, e.g. indexes/NAME")
+    p.add_argument("--text-encoder", help="text encoder name (default all-MiniLM-L6-v2; any sentence-transformers "
+                                          "id/path or open_clip:NAME[@TAG])")
+    p.add_argument("--image-encoder", help="image encoder name (default efficientnet-lite0, or open_clip:NAME[@TAG])")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--skip-bad", action="store_true", help="leave out bad records (reported) instead of stopping")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_index_build)
+
+    p = index.add_parser("info", help="show what a bundle holds")
+    p.add_argument("index")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_index_info)
+
+    p = index.add_parser("add", help="add the documents of a corpus file without rebuilding")
+    p.add_argument("index")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_index_add)
+
+    p = index.add_parser("remove", help="remove documents by id without rebuilding")
+    p.add_argument("index")
+    p.add_argument("ids", nargs="*")
+    p.add_argument("--ids-file", help="file with one document id per line")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_index_remove)
+
+    p = commands.add_parser("retrieve", help="retrieve evidence for a question and/or an image")
+    p.add_argument("question", nargs="?", default=None)
+    p.add_argument("--index", default="indexes/sample")
+    p.add_argument("--image", help="query image file")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--domain", action="append", help="search only this domain (repeatable); skips routing")
+    p.add_argument("--channel", action="append", choices=["text", "bm25", "joint", "image"])
+    p.add_argument("--no-routing", action="store_true", help="search all domains as one flat collection")
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE", help="metadata equality filter (repeatable)")
+    p.add_argument("--rule", choices=["gap", "relative", "fixed", "rule"], help="context selection rule")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_retrieve)
 
     p = commands.add_parser("demo", help="the main job on offline defaults: build the sample corpus and show it")
     p.add_argument("--corpus-dir", default=str(DEFAULT_SAMPLE_DIR))

@@ -14,6 +14,8 @@ mirror image: its disc lies on the right of the photograph, as in a real right-e
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Sequence
 
@@ -126,8 +128,8 @@ def _retina(rng: np.random.Generator) -> dict:
         "retina_rgb": [round(float(c), 1) for c in np.clip(retina, 60, 250)],
         "vein_rgb": [round(float(c), 1) for c in retina * np.array([0.55, 0.25, 0.35])],
         "artery_rgb": [round(float(c), 1) for c in retina * np.array([0.95, 0.55, 0.6])],
-        "disc_rgb": [round(float(c), 1) for c in np.array([240, 175, 120]) + rng.normal(0, 6, 3)],
-        "tessellation": round(float(rng.uniform(0.0, 0.18) * (1 - pigment)), 3),
+        "disc_rgb": [round(float(c), 1) for c in np.array([235, 150, 105]) + rng.normal(0, 6, 3)],
+        "tessellation": round(float(rng.uniform(0.0, 0.12) * (1 - pigment)), 3),
         "macula_dark": round(float(rng.uniform(0.25, 0.45)), 3),
         "texture_seed": int(rng.integers(2**31)),
         "vessel_seed": int(rng.integers(2**31)),
@@ -170,8 +172,6 @@ def _lesions(rng: np.random.Generator, p: dict, diagnosis: str) -> None:
     elif p["dme"] == "non-centre-involving":
         angle = rng.uniform(0, 2 * math.pi)
         exudate_centres = [[fovea[0] + 22 * math.cos(angle), fovea[1] + 22 * math.sin(angle)]]
-    elif diagnosis != "mild" and rng.random() < 0.5:
-        exudate_centres = _scatter(rng, 1, fovea, 45, off_disc + [(fovea, 35)])
     for cx, cy in exudate_centres:
         ring = 9 + rng.uniform(0, 5)  # circinate ring around a leaking focus
         for a in rng.uniform(0, 2 * math.pi, int(rng.integers(14, 24))):
@@ -240,17 +240,17 @@ _SEX_WORD = {"M": "man", "F": "woman"}
 _PRONOUN = {"M": "his", "F": "her"}
 
 
-def _presentation(rng: np.random.Generator, diagnosis: str, sex: str, eye: str) -> str:
+def _presentation(rng: np.random.Generator, diagnosis: str, age: int, sex: str, eye: str) -> str:
     """A short, patient-specific history: it becomes the handle questions use to name the case."""
     pr = _PRONOUN[sex]
-    years = int(rng.integers(2, 30))
     dtype = int(rng.choice([1, 2], p=[0.25, 0.75]))
+    years = int(rng.integers(2, max(3, min(35, age - (25 if dtype == 2 else 3)))))
     if diagnosis == "normal":
         options = [
             f"with {years} years of type {dtype} diabetes attending annual diabetic eye screening",
             f"attending a routine sight test after {pr} reading glasses stopped helping",
             f"with new floaters in the {eye} eye for {int(rng.integers(2, 15))} days",
-            f"starting hydroxychloroquine for rheumatoid arthritis, seen for a baseline eye examination",
+            "starting hydroxychloroquine for rheumatoid arthritis, seen for a baseline eye examination",
             f"with {years} years of type {dtype} diabetes at {pr} first screening visit in a new practice",
         ]
     elif diagnosis in ("mild", "moderate", "severe", "proliferative"):
@@ -387,7 +387,9 @@ def _report(p: dict, diagnosis: str) -> str:
     return " ".join(lines)
 
 
-def _new_patient(rng: np.random.Generator, diagnosis: str, used_handles: set[str]) -> dict:
+def _new_patient(rng: np.random.Generator, diagnosis: str, index: int, used_handles: set[str]) -> dict:
+    """A patient with diagnosis `diagnosis`; `index` (their rank among the patients with that
+    diagnosis) alternates binary findings so that every variant of the diagnosis occurs."""
     p = _retina(rng)
     p["diagnosis"] = diagnosis
     p["eye"] = str(rng.choice(["right", "left"]))
@@ -397,7 +399,7 @@ def _new_patient(rng: np.random.Generator, diagnosis: str, used_handles: set[str
         p["age"] = int(rng.integers(*age_range))
         if diagnosis == "papilledema" and rng.random() < 0.7:
             p["sex"] = "F"  # idiopathic intracranial hypertension mostly affects young women
-        p["presentation"] = _presentation(rng, diagnosis, p["sex"], p["eye"])
+        p["presentation"] = _presentation(rng, diagnosis, p["age"], p["sex"], p["eye"])
         handle = f"{p['age']}-year-old {_SEX_WORD[p['sex']]} {p['presentation']}"
         if handle not in used_handles:
             used_handles.add(handle)
@@ -409,11 +411,11 @@ def _new_patient(rng: np.random.Generator, diagnosis: str, used_handles: set[str
     if diagnosis in ICDR_GRADE or "diabetes" in p["presentation"]:
         p["hba1c"] = round(float(rng.uniform(6.4, 7.4) + 0.5 * ICDR_GRADE.get(diagnosis, 0)), 1)
     if diagnosis in ("moderate", "severe"):
-        p["dme"] = str(rng.choice(["absent", "non-centre-involving", "centre-involving"]))
+        p["dme"] = ("absent", "non-centre-involving", "centre-involving")[(index + (diagnosis == "severe")) % 3]
     elif diagnosis == "proliferative":
-        p["dme"] = str(rng.choice(["absent", "centre-involving"]))
-        p["nv_site"] = str(rng.choice(["disc", "elsewhere"]))
-        p["preretinal_haemorrhage"] = int(rng.random() < 0.5)
+        p["dme"] = ("absent", "centre-involving")[index % 2]
+        p["nv_site"] = ("disc", "elsewhere")[index // 2 % 2]
+        p["preretinal_haemorrhage"] = int(index in (1, 2))
     if p["dme"] == "centre-involving":
         va_range = (3, 7)
     p["va"] = SNELLEN[int(rng.integers(*va_range))]
@@ -422,8 +424,8 @@ def _new_patient(rng: np.random.Generator, diagnosis: str, used_handles: set[str
     elif diagnosis == "glaucoma":
         p["iop"] = int(rng.integers(22, 35))
         p["notch"] = str(rng.choice(["inferior", "superior", "none"], p=[0.45, 0.3, 0.25]))
-        p["ppa"] = round(float(rng.choice([0.0, rng.uniform(0.5, 1.0)])), 2)
-        p["disc_haemorrhage"] = int(rng.random() < 0.5)
+        p["ppa"] = round(float(rng.uniform(0.5, 1.0)), 2) if index % 2 else 0.0
+        p["disc_haemorrhage"] = int(index % 2 == 0)
         if p["disc_haemorrhage"]:
             # A Drance haemorrhage sits at the pole where the rim is thinnest.
             a = math.radians(75 if p["notch"] != "superior" else -75)
@@ -432,8 +434,8 @@ def _new_patient(rng: np.random.Generator, diagnosis: str, used_handles: set[str
                            5.0, 1.4, round(math.degrees(a), 1)]]
     elif diagnosis == "papilledema":
         p["bp"] = f"{int(rng.integers(112, 150))}/{int(rng.integers(68, 95))}"
-        p["bilateral"] = int(rng.random() < 0.75)
-        p["peripapillary_haemorrhages"] = int(rng.random() < 0.5)
+        p["bilateral"] = int(index != 1)
+        p["peripapillary_haemorrhages"] = int(index % 2 == 0)
     p["follow_up"] = _follow_up(rng, p, diagnosis)
     return p
 
@@ -507,9 +509,9 @@ def _title(p: dict) -> str:
 # Drawing
 
 _YY, _XX = np.mgrid[0:CONTENT, 0:CONTENT].astype(np.float32) - CONTENT / 2
-_OY, _OX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) - IMAGE_SIZE / 2
-_FIELD_DIST = np.hypot(_OX, _OY) / FIELD_R
-_FIELD_MASK = np.clip((FIELD_R - np.hypot(_OX, _OY)) / 1.5 + 0.5, 0, 1)[..., None]
+_OY, _OX = (np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) - IMAGE_SIZE / 2) / FIELD_R
+_VIGNETTE = np.hypot(_OX, _OY) ** 2.2  # light falls off towards the edge of the field
+_FIELD_MASK = np.clip((1 - np.hypot(_OX, _OY)) * FIELD_R / 1.5 + 0.5, 0, 1)[..., None]
 
 # Main vessel trunks leaving the disc: initial heading (degrees, +x temporal, +y inferior),
 # turning per step (the temporal arcades curve around the macula, the nasal ones stay straighter).
@@ -601,11 +603,13 @@ class _Masks:
     def __init__(self, sign: float) -> None:
         self.sign = sign
         self.images: dict[str, Image.Image] = {}
+        self.draws: dict[str, ImageDraw.ImageDraw] = {}
 
     def draw(self, name: str) -> ImageDraw.ImageDraw:
         if name not in self.images:
             self.images[name] = Image.new("L", (CONTENT * SS, CONTENT * SS), 0)
-        return ImageDraw.Draw(self.images[name])
+            self.draws[name] = ImageDraw.Draw(self.images[name])
+        return self.draws[name]
 
     def xy(self, pts: np.ndarray) -> list[float]:
         out = np.empty_like(pts, dtype=float)
@@ -617,13 +621,14 @@ class _Masks:
         cx, cy = self.xy(np.array([[x, y]]))
         draw.ellipse((cx - r * SS, cy - r * SS, cx + r * SS, cy + r * SS), fill=fill)
 
-    def alpha(self, name: str, blur: float = 0.0) -> np.ndarray | None:
+    def paint(self, img: Image.Image, name: str, rgb: Sequence[float], blur: float = 0.0) -> None:
+        """Paint colour `rgb` onto `img` through mask `name` (anti-aliased by downsampling)."""
         if name not in self.images:
-            return None
-        img = self.images[name].reduce(SS)
+            return
+        mask = self.images[name].reduce(SS)
         if blur:
-            img = img.filter(ImageFilter.GaussianBlur(blur))
-        return np.asarray(img, dtype=np.float32)[..., None] / 255.0
+            mask = mask.filter(ImageFilter.GaussianBlur(blur))
+        img.paste(tuple(int(c) for c in rgb), (0, 0, CONTENT, CONTENT), mask)
 
 
 def _draw_vessels(masks: _Masks, p: dict) -> None:
@@ -692,9 +697,13 @@ def _paint_macula(img: np.ndarray, p: dict, sign: float) -> None:
     img[win] += (70 * np.exp(d2 / (-2 * 1.3**2)))[..., None]  # foveal reflex
 
 
+def _disc_radius(p: dict) -> float:
+    return p["disc_r"] * (1 + 0.12 * p["frisen"])  # a swollen disc looks larger
+
+
 def _disc_geometry(p: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """Elliptic radius (1 at the disc margin), polar angle and disc-normalised x, y of each pixel."""
-    rx = p["disc_r"] * (1 + 0.1 * p["frisen"])  # a swollen disc looks larger
+    rx = _disc_radius(p)
     u, v = (x - p["disc"][0]) / rx, (y - p["disc"][1]) / (rx * 1.08)
     return np.hypot(u, v), np.arctan2(v, u), u, v
 
@@ -708,7 +717,7 @@ def _disc_colour(p: dict) -> np.ndarray:
 
 def _paint_disc(img: np.ndarray, p: dict, sign: float) -> None:
     """Optic disc with its cup (and notch), peripapillary atrophy, and margin blur of swelling."""
-    win, x, y = _window(sign, p["disc"], p["disc_r"] * 2.2)
+    win, x, y = _window(sign, p["disc"], _disc_radius(p) * 2.4)
     rho, phi, u, v = _disc_geometry(p, x, y)
     patch = img[win]
     grade = p["frisen"]
@@ -717,9 +726,9 @@ def _paint_disc(img: np.ndarray, p: dict, sign: float) -> None:
         crescent = np.clip((1.35 - rho) / 0.1, 0, 1) * np.clip((rho - 0.9) / 0.1, 0, 1)
         crescent *= np.clip(np.cos(phi), 0, 1) ** 1.5 * (0.8 * p["ppa"])
         patch = _blend(patch, crescent[..., None], (225, 195, 160))
-    edge = 0.08 + 0.09 * grade
+    edge = 0.08 + 0.12 * grade
     if grade == 1:  # Frisén 1: only the nasal margin is blurred
-        edge = 0.08 + 0.25 * np.clip(-np.cos(phi), 0, 1)
+        edge = 0.08 + 0.3 * np.clip(-np.cos(phi), 0, 1)
     disc_alpha = np.clip((1 - rho) / edge + 0.5, 0, 1)
     patch = _blend(patch, disc_alpha[..., None], _disc_colour(p))
     cup_v = p["cdr"]
@@ -731,44 +740,55 @@ def _paint_disc(img: np.ndarray, p: dict, sign: float) -> None:
     img[win] = _blend(patch, cup_alpha[..., None], (252, 236, 205))
 
 
-def _paint_swelling(img: np.ndarray, p: dict, sign: float) -> None:
+def _paint_swelling(img: Image.Image, p: dict, sign: float) -> None:
     """Swollen nerve fibres cover the vessels at the disc margin (and on the disc when severe)."""
     grade = p["frisen"]
-    win, x, y = _window(sign, p["disc"], p["disc_r"] * 2.6)
+    win, x, y = _window(sign, p["disc"], _disc_radius(p) * 3.0)
     rho, phi, _, _ = _disc_geometry(p, x, y)
-    halo = np.exp(-((rho - 1.05) / (0.25 + 0.05 * grade)) ** 2)
+    # a greyish halo of swollen nerve fibres, with radial striations
+    halo = np.exp(-((rho - 1.05) / (0.25 + 0.06 * grade)) ** 2) * (0.9 + 0.1 * np.cos(26 * phi))
     if grade >= 4:
         halo = np.maximum(halo, np.clip(1.05 - rho, 0, 1) * (grade - 3) / 2 + 0.3 * (rho < 1))
     if grade == 1:
         halo *= np.clip(-np.cos(phi), 0, 1)
-    alpha = (0.15 + 0.15 * grade) * np.clip(halo, 0, 1)
-    img[win] = _blend(img[win], alpha[..., None], _disc_colour(p) * 0.95 + 10)
+    alpha = Image.fromarray((255 * (0.3 + 0.12 * grade) * np.clip(halo, 0, 1)).astype(np.uint8), "L")
+    rows, cols = win
+    img.paste(tuple(int(c) for c in _disc_colour(p) * 0.95 + 10), (cols.start, rows.start, cols.stop, rows.stop),
+              alpha)
 
 
-def _render_retina(p: dict) -> np.ndarray:
-    """The patient's retina on the content canvas (float RGB), before any acquisition effect."""
+@functools.lru_cache(maxsize=8)
+def _render_retina(params_json: str) -> Image.Image:
+    """The patient's retina on the content canvas, before any acquisition effect.
+
+    The builder photographs each patient several times in a row; the retina is the same every
+    time, so it is rendered once and only the acquisition is redone.
+    """
+    p = json.loads(params_json)
     sign = 1.0 if p["eye"] == "left" else -1.0
     tex = np.random.default_rng(p["texture_seed"])
     shade = 1 + 0.06 * _smooth_noise(tex, 10)
     # Choroidal vessels show through a thin pigment epithelium as a network of lighter bands:
     # the zero crossings of smooth noise draw such a network.
-    choroid = np.exp(-(_smooth_noise(tex, 28) / 0.35) ** 2)
+    choroid = np.exp(-(_smooth_noise(tex, 28) / 0.25) ** 2)
     img = np.asarray(p["retina_rgb"], dtype=np.float32) * (shade + p["tessellation"] * (choroid - 0.3))[..., None]
     _paint_macula(img, p, sign)
     _paint_disc(img, p, sign)
+    retina = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     masks = _Masks(sign)
     _draw_vessels(masks, p)
-    img = _blend(img, masks.alpha("vein"), p["vein_rgb"])
-    img = _blend(img, masks.alpha("artery"), p["artery_rgb"])
+    masks.paint(retina, "vein", p["vein_rgb"])
+    masks.paint(retina, "artery", p["artery_rgb"])
     if p["frisen"]:
-        _paint_swelling(img, p, sign)
+        _paint_swelling(retina, p, sign)
     _draw_lesions(masks, p)
-    img = _blend(img, masks.alpha("red"), np.asarray(p["vein_rgb"], dtype=np.float32) * 0.85)
-    img = _blend(img, masks.alpha("exudate"), (235, 205, 95))
-    return _blend(img, masks.alpha("cotton_wool", blur=1.2), (238, 228, 210))
+    masks.paint(retina, "red", np.asarray(p["vein_rgb"]) * 0.85)
+    masks.paint(retina, "exudate", (235, 205, 95))
+    masks.paint(retina, "cotton_wool", (238, 228, 210), blur=1.2)
+    return retina
 
 
-def _acquire(retina: np.ndarray, rng: np.random.Generator) -> Image.Image:
+def _acquire(retina: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Photograph the retina: framing, vignetting, uneven illumination, colour cast, focus, noise."""
     angle = math.radians(rng.uniform(-8, 8))
     zoom = rng.uniform(0.92, 1.1)
@@ -776,13 +796,12 @@ def _acquire(retina: np.ndarray, rng: np.random.Generator) -> Image.Image:
     c, s = math.cos(angle) / zoom, math.sin(angle) / zoom
     o = IMAGE_SIZE / 2
     cx, cy = CONTENT / 2 + shift[0], CONTENT / 2 + shift[1]
-    src = Image.fromarray(np.clip(retina, 0, 255).astype(np.uint8), "RGB")
-    framed = src.transform((IMAGE_SIZE, IMAGE_SIZE), Image.AFFINE,
+    framed = retina.transform((IMAGE_SIZE, IMAGE_SIZE), Image.AFFINE,
                            (c, s, cx - c * o - s * o, -s, c, cy + s * o - c * o), Image.BILINEAR)
     arr = np.asarray(framed, dtype=np.float32)
     tilt = rng.uniform(0, 2 * math.pi)
-    light = 1 - rng.uniform(0.25, 0.5) * _FIELD_DIST**2.2 \
-        + rng.uniform(-0.12, 0.12) * (math.cos(tilt) * _OX + math.sin(tilt) * _OY) / FIELD_R
+    light = 1 - rng.uniform(0.25, 0.5) * _VIGNETTE \
+        + rng.uniform(-0.12, 0.12) * (math.cos(tilt) * _OX + math.sin(tilt) * _OY)
     cast = rng.normal(1.0, 0.05, 3).astype(np.float32)
     arr = arr * light[..., None] * cast
     photo = photo_variant(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB"), rng,
@@ -801,7 +820,7 @@ class FundusGenerator:
         glaucoma_cdrs = [float(v) for v in rng.permutation([0.7, 0.75, 0.8, 0.85, 0.9])]
         for diagnosis, count in CASE_COUNTS.items():
             for i in range(count):
-                p = _new_patient(rng, diagnosis, used)
+                p = _new_patient(rng, diagnosis, i, used)
                 if diagnosis == "glaucoma":
                     p["cdr"] = glaucoma_cdrs[i % len(glaucoma_cdrs)]
                 elif diagnosis == "papilledema":
@@ -820,7 +839,7 @@ class FundusGenerator:
         return cases
 
     def draw(self, case: SampleCase, rng: np.random.Generator) -> Image.Image:
-        return _acquire(_render_retina(case.params), rng)
+        return _acquire(_render_retina(json.dumps(case.params, sort_keys=True)), rng)
 
 
 GENERATOR = FundusGenerator()

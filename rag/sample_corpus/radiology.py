@@ -46,10 +46,10 @@ class Category:
 
 CATEGORIES: tuple[Category, ...] = (
     Category("normal", "normal chest radiograph", 8, (19, 78), (
-        "a pre-operative assessment before knee replacement", "a chronic dry cough for two months",
-        "mild chest wall pain after a fall", "follow-up of a treated community-acquired pneumonia",
-        "palpitations and atypical chest pain", "a pre-employment health screening",
-        "intermittent wheeze and a normal examination", "a low-grade fever after a flu-like illness")),
+        "a planned knee replacement", "a chronic dry cough for two months",
+        "mild chest wall pain after a fall", "a recently treated community-acquired pneumonia",
+        "palpitations and atypical chest pain", "a positive tuberculin skin test",
+        "intermittent wheeze", "a low-grade fever after a flu-like illness")),
     Category("consolidation", "lobar consolidation", 10, (18, 92), (
         "three days of fever and productive cough", "fever, rigors and pleuritic chest pain",
         "a cough with rusty sputum and high fever", "five days of fever and increasing breathlessness",
@@ -74,8 +74,8 @@ CATEGORIES: tuple[Category, ...] = (
 
 # Each recommendation is a label that appears verbatim in the report, plus the reason given.
 FOLLOW_UPS: dict[str, tuple[tuple[str, str], ...]] = {
-    "normal": (("no further imaging", "the film is normal"),
-               ("clinical follow-up only", "no radiographic abnormality explains the symptoms")),
+    "normal": (("no further imaging", "as the film is normal"),
+               ("clinical follow-up only", "with further imaging only if symptoms persist")),
     "consolidation": (("repeat chest radiograph in 6 weeks", "to confirm resolution after treatment"),
                       ("repeat chest radiograph in 8 weeks", "to exclude an underlying lesion"),
                       ("CT chest if not resolved after treatment", "given the patient's age and risk factors")),
@@ -171,19 +171,21 @@ class RadiologyGenerator:
                         "hila are normal. No consolidation, pleural effusion or pneumothorax. Both hemidiaphragms "
                         "are well defined and both costophrenic angles are sharp. No bony abnormality.")
             impression = "Normal chest radiograph."
+            headline = "normal"
             follow_key = "normal"
         elif category.key == "consolidation":
             bronchograms = bool(rng.random() < 0.5)
-            size = (int(rng.integers(5, 9)), int(rng.integers(4, 8)))
             params.update({"lobe": lobe, "air_bronchograms": bronchograms,
                            "lesion_shift": [round(float(rng.uniform(-0.06, 0.06)), 3),
                                             round(float(rng.uniform(-0.05, 0.05)), 3)],
                            "lesion_scale": round(float(rng.uniform(0.85, 1.1)), 3)})
+            size = _opacity_size_cm(params, px_per_cm)
             air = ("Air bronchograms are visible within it." if bronchograms
                    else "No air bronchograms are identified.")
             findings = (f"There is a homogeneous airspace opacity in the {ZONES[lobe]}, approximately {size[0]} x "
-                        f"{size[1]} cm, {LOBE_SIGNS[lobe]}, in keeping with {lobe} consolidation. {air} {heart} "
+                        f"{size[1]} cm (transverse x craniocaudal), {LOBE_SIGNS[lobe]}, in keeping with {lobe} consolidation. {air} {heart} "
                         "No pleural effusion or pneumothorax.")
+            headline = f"{lobe} consolidation"
             impression = (f"Lobar consolidation of the {lobe}, in keeping with pneumonia in the appropriate "
                           "clinical context.")
             follow_key = "consolidation"
@@ -196,20 +198,22 @@ class RadiologyGenerator:
             findings = (f"The cardiac silhouette is enlarged with a cardiothoracic ratio of {ctr:.2f} on this PA "
                         f"film. {venous} The lungs are otherwise clear. No pleural effusion or pneumothorax.")
             impression = f"Cardiomegaly (cardiothoracic ratio {ctr:.2f})."
+            headline = "cardiomegaly"
             follow_key = "cardiomegaly"
             facts["upper_lobe_diversion"] = diversion
         elif category.key == "effusion":
             side = str(rng.choice(SIDES))
-            height = round(float(rng.uniform(*{"small": (1.5, 3.0), "moderate": (4.0, 7.5),
+            height = round(float(rng.uniform(*{"small": (2.0, 3.5), "moderate": (4.0, 7.5),
                                                "large": (9.0, 13.0)}[grade])), 1)
             params.update({"side": side, "effusion_height_px": round(height * px_per_cm, 1),
-                           "meniscus_curve": round(float(rng.uniform(0.25, 0.45)), 3)})
+                           "meniscus_curve": round(float(rng.uniform(0.4, 0.6)), 3)})
             other = "left" if side == "right" else "right"
             findings = (f"There is a {grade} {side} pleural effusion with blunting of the {side} costophrenic "
                         f"angle and a meniscus rising laterally to about {height:.1f} cm above the costophrenic "
                         f"angle. The {side} hemidiaphragm is obscured. The {other} lung is clear and the {other} "
                         f"costophrenic angle is sharp. {heart} No pneumothorax.")
             impression = f"{grade.capitalize()} {side} pleural effusion."
+            headline = f"{side} pleural effusion"
             follow_key = f"effusion_{grade}"
             facts.update(side=side, grade=grade, height=f"{height:.1f} cm")
         else:
@@ -223,6 +227,7 @@ class RadiologyGenerator:
                         f"{size_word} pneumothorax by BTS criteria (large if 2 cm or more). No mediastinal shift. "
                         f"No pleural effusion. {heart}")
             impression = f"{size_word.capitalize()} {side} pneumothorax."
+            headline = f"{side} pneumothorax"
             follow_key = f"pneumothorax_{size_word}"
             facts.update(side=side, rim=f"{rim:.1f} cm", large=large)
         follow_up, reason = FOLLOW_UPS[follow_key][int(rng.integers(len(FOLLOW_UPS[follow_key])))]
@@ -233,7 +238,7 @@ class RadiologyGenerator:
                 f"Impression: {impression} Recommendation: {follow_up}, {reason}.")
         return SampleCase(
             key=f"{category.key}_{index + 1}",
-            title=f"Chest radiograph: {impression.rstrip('.')} ({age}-year-old {sex})",
+            title=f"Chest radiograph, {headline}: {age}-year-old {sex}",
             text=text,
             source=SOURCE,
             params=params,
@@ -358,48 +363,49 @@ class RadiologyGenerator:
 
     def draw(self, case: SampleCase, rng: np.random.Generator) -> Image.Image:
         p = case.params
-        fixed = np.random.default_rng(p["seed"])  # the patient's own vessels and texture, same on every film
         a = _Anatomy(p)
-        film = np.full((IMAGE_SIZE, IMAGE_SIZE), 0.03, np.float32)  # unattenuated beam outside the body
-        film[a.body] = p["soft_tissue"]
+        soft = p["soft_tissue"]
+        film = np.where(a.body, soft, 0.03).astype(np.float32)  # 0.03: unattenuated beam outside the body
         if p["breasts"]:
             for s in (-1, 1):
-                blob = np.exp(-(((_XX - a.cx - s * 0.55 * a.tw) / 30) ** 2 + ((_YY - a.dome_r + 15) / 24) ** 2))
+                blob = np.exp(-(((_XX - a.cx - s * 0.55 * a.tw) / 30) ** 2 + ((_YY - a.dome_r + 12) / 22) ** 2))
                 film += 0.1 * blob * a.body
-        film[a.abdomen] = p["soft_tissue"] + 0.14
-        bubble = (((_XX - a.cx - p["bubble_x"] * a.tw) / 14) ** 2 + ((_YY - a.dome_l - 10) / 7) ** 2 < 1)
-        film[bubble & a.abdomen] -= 0.22
+        film[a.abdomen] = soft + 0.15
+        bubble = (((_XX - a.cx - p["bubble_x"] * a.tw) / 13) ** 2 + ((_YY - a.dome_l - 11) / 6) ** 2 < 1)
+        film[bubble & a.abdomen] -= 0.25
 
-        lesion = p.get("lobe")
         side = p.get("side")
-        rim = p.get("rim_px", 0.0)
         side_sign = {"right": -1, "left": 1}.get(side or "", 0)
-        ventilated = {s: a.lung(s, rim if s == side_sign else 0.0) for s in (-1, 1)}
-        vessels = self._vessels(a, fixed, p.get("upper_lobe_diversion", False))
+        rim = p.get("rim_px", 0.0)
+        # The patient's own vessels and lesion texture: the same on every film of this case.
+        vessels = self._vessels(a, np.random.default_rng([p["seed"], 1]), p.get("upper_lobe_diversion", False))
         for s in (-1, 1):
-            full = a.lung(s)
-            film[full] = 0.1  # a pneumothorax keeps only this: air without markings
-            film += ventilated[s] * (0.05 + 0.22 * vessels)
-        film[a.mediastinum] = 0.6
-        film += 0.12 * a.spine
-        film = np.maximum(film, 0.62 * a.heart)
+            aerated = a.lung(s, rim if s == side_sign else 0.0)
+            film[a.lung(s)] = 0.03  # what a pneumothorax leaves: pleural air without lung markings
+            film += aerated * (0.09 + 0.4 * vessels)
+        film[a.mediastinum] = soft + 0.2
+        film[a.trachea] -= 0.18
+        film += 0.06 * a.spine
+        film = np.where(a.heart, soft + 0.22, film)
 
-        if lesion:
-            film = self._consolidation(film, a, lesion, p, fixed)
-        if side and "effusion_height_px" in p:
+        if p.get("lobe"):
+            film = self._consolidation(film, a, p, np.random.default_rng([p["seed"], 3]))
+        if "effusion_height_px" in p:
             film = self._effusion(film, a, side_sign, p)
         if rim:
-            film = self._pleural_line(film, a, side_sign, ventilated[side_sign])
+            film = self._pleural_line(film, a, side_sign, a.lung(side_sign, rim))
 
-        film += self._bones(a) * a.body
+        # Bone shows best against aerated lung and fades behind the heart, fluid and the upper abdomen.
+        visibility = 0.2 + 0.8 * np.clip((soft + 0.1 - film) / 0.25, 0, 1)
+        film += self._bones(a) * visibility * a.body
         layer = Image.fromarray(np.clip(film * 255, 0, 255).astype(np.uint8), "L")
-        ImageDraw.Draw(layer).text((10, 8), "R", fill=235)
-        layer = layer.filter(ImageFilter.GaussianBlur(0.8))
+        ImageDraw.Draw(layer).text((12, 10), "R", fill=240)
+        layer = layer.filter(ImageFilter.GaussianBlur(0.7))
         # Exposure: the same anatomy looks lighter or darker with kV/mAs and processing.
         gamma = float(rng.uniform(0.85, 1.15))
         lut = [int(round(255 * (i / 255) ** gamma)) for i in range(256)]
         image = layer.point(lut).convert("RGB")
-        return photo_variant(image, rng, max_rotate=4.0, scale=(0.93, 1.07), lighting=(0.88, 1.12),
+        return photo_variant(image, rng, max_rotate=3.0, scale=(1.0, 1.07), lighting=(0.88, 1.12),
                              noise_sd=(2.0, 6.0), blur=0.5, fill=(0, 0, 0))
 
     @staticmethod
@@ -408,105 +414,87 @@ class RadiologyGenerator:
         layer = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
         d = ImageDraw.Draw(layer)
         for s in (-1, 1):
-            hx, hy = a.cx + s * (a.med + 10), a.hilum
-            d.ellipse([hx - 9, hy - 12, hx + 9, hy + 12], fill=150)
+            hx, hy = a.cx + s * (a.med + 8), a.hilum
+            d.ellipse([hx - 8, hy - 12, hx + 8, hy + 12], fill=140)
             for k in range(13):
                 # theta runs from upwards (-) through lateral (0) to downwards (+) for this side.
-                theta = -1.25 + 2.5 * (k + fixed.uniform(-0.3, 0.3)) / 12
+                theta = -1.3 + 2.6 * (k + fixed.uniform(-0.3, 0.3)) / 12
                 # Upper-lobe vessels are normally thinner; in venous diversion they match the lower ones.
                 width = 2 if (theta < -0.2 and not diversion) else 3
                 x, y = hx, hy
                 for step in range(4):
-                    length = 14 + fixed.uniform(-3, 5)
+                    length = 13 + fixed.uniform(-3, 5)
                     nx, ny = x + s * length * np.cos(theta), y + length * np.sin(theta)
-                    d.line([x, y, nx, ny], fill=int(170 - 30 * step), width=max(1, width - step))
+                    d.line([x, y, nx, ny], fill=int(170 - 32 * step), width=max(1, width - step))
                     if fixed.random() < 0.6:
                         branch = theta + fixed.choice([-1, 1]) * fixed.uniform(0.4, 0.8)
                         bl = length * 0.7
                         d.line([nx, ny, nx + s * bl * np.cos(branch), ny + bl * np.sin(branch)],
-                               fill=int(140 - 30 * step), width=1)
+                               fill=int(130 - 30 * step), width=1)
                     theta += fixed.normal(0, 0.15)
                     x, y = nx, ny
         return np.asarray(layer.filter(ImageFilter.GaussianBlur(0.7)), np.float32) / 255.0
 
     @staticmethod
     def _bones(a: _Anatomy) -> np.ndarray:
-        """Posterior ribs (bright bands), fainter anterior ribs and the clavicles."""
+        """Posterior ribs (bright arcs), fainter anterior ribs and the clavicles."""
         layer = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
         d = ImageDraw.Draw(layer)
-        fractions = np.linspace(0.0, 1.0, 14)
+        fractions = np.linspace(0.0, 1.0, 16)
         for k in range(a.ribs + 2):
             y0 = a.first_rib + k * a.rib_gap
+            reach = a.tw * (0.6 + 0.4 * min(1.0, k / 5))
+            drop = 22 + 1.5 * k  # lower ribs slope more steeply
             for s in (-1, 1):
-                # A posterior rib leaves the spine, rises a little and curves down to the lateral wall.
-                reach = a.tw * (0.75 + 0.25 * min(1.0, k / 4))
-                pts = [(a.cx + s * (10 + f * reach), y0 - 7 * np.sin(np.pi * f * 0.6) + 26 * f ** 2)
-                       for f in fractions]
-                d.line(pts, fill=60, width=max(3, int(a.rib_gap * 0.42)))
-                if k < a.ribs - 2:
-                    # Anterior ribs run from the lateral wall down and inwards to the costal cartilage.
-                    ya = y0 + 2.2 * a.rib_gap
-                    front = [(a.cx + s * (reach - f * reach * 0.6), ya - 10 + 18 * f) for f in fractions[:9]]
-                    d.line(front, fill=26, width=max(2, int(a.rib_gap * 0.3)))
+                # A posterior rib leaves the spine, arches up a little and curves down to the lateral wall.
+                back = [(a.cx + s * (8 + f * reach), y0 - 5 * np.sin(np.pi * f) + drop * f ** 1.8) for f in fractions]
+                d.line(back, fill=46, width=max(3, int(a.rib_gap * 0.42)))
+                if k < a.ribs - 3:
+                    # Anterior ribs run from the lateral wall down and inwards to the costal cartilages.
+                    ya = y0 + drop + 4
+                    front = [(a.cx + s * (reach * (1 - 0.55 * f)), ya + 20 * f) for f in fractions[:10]]
+                    d.line(front, fill=24, width=max(2, int(a.rib_gap * 0.35)))
         for s in (-1, 1):
-            d.line([(a.cx + s * 12, a.apex + 12), (a.cx + s * 0.5 * a.tw, a.apex + 2),
-                    (a.cx + s * 0.95 * a.tw, a.apex - 10)], fill=75, width=6)
+            d.line([(a.cx + s * 10, a.apex + 16), (a.cx + s * 0.45 * a.tw, a.apex + 8),
+                    (a.cx + s * 0.95 * a.tw, a.apex - 6)], fill=80, width=6, joint="curve")
         return np.asarray(layer, np.float32) / 255.0
 
     @staticmethod
-    def _consolidation(film: np.ndarray, a: _Anatomy, lobe: str, p: dict, fixed: np.random.Generator) -> np.ndarray:
+    def _consolidation(film: np.ndarray, a: _Anatomy, p: dict, fixed: np.random.Generator) -> np.ndarray:
         """A dense, slightly patchy airspace opacity in the lobe's zone, with air bronchograms if present."""
-        s = -1 if lobe.startswith("right") else 1
+        s = -1 if p["lobe"].startswith("right") else 1
         lung = a.lung(s)
-        ny = (_YY - a.apex) / (a.dome(s) - a.apex)  # 0 at the apex, 1 at the dome
-        nx = (s * (_XX - a.cx) - a.med) / (a.tw - a.med)  # 0 medially, 1 at the chest wall
-        dx, dy = p["lesion_shift"]
-        scale = p["lesion_scale"]
-        fissure = 0.45 + dy
-
-        def ramp(t: np.ndarray, lo: float, hi: float) -> np.ndarray:
-            return np.clip((t - lo) / (hi - lo), 0, 1)
-
-        if lobe == "right upper lobe":
-            weight = ramp(ny, -0.05, 0.12) * (ny < fissure) * ramp(nx, -0.1, 0.15 + dx)
-        elif lobe == "right middle lobe":
-            weight = (ny >= fissure) * ramp(-ny, -0.95, -0.8) * ramp(-nx, -0.55 * scale - dx, -0.3 * scale - dx)
-        elif lobe == "right lower lobe":
-            weight = ramp(ny, 0.5 + dy, 0.68 + dy) * ramp(nx, 0.12 + dx, 0.3 + dx)
-        elif lobe == "left upper lobe":
-            weight = ramp(ny, -0.05, 0.1) * ramp(-ny, -0.62 * scale - dy, -0.45 * scale - dy)
-        else:
-            weight = ramp(ny, 0.5 + dy, 0.7 + dy) * ramp(-nx, -0.6 * scale - dx, -0.35 * scale - dx)
-        patchy = 0.8 + 0.2 * _smooth_noise(fixed, 24)
-        opacity = weight * patchy * lung
-        if lobe == "left lower lobe":
+        weight = _lobe_weight(a, p)
+        opacity = weight * (0.8 + 0.2 * _smooth_noise(fixed, 24)) * lung
+        if p["lobe"] == "left lower lobe":
             # Retrocardiac: the density also shows through the heart shadow.
-            opacity = opacity + 0.35 * weight * a.heart
+            opacity = opacity + 0.3 * weight * a.heart
         if p["air_bronchograms"]:
             layer = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
             d = ImageDraw.Draw(layer)
-            ys, xs = np.nonzero(weight * lung > 0.8)
-            if len(ys):
-                order = fixed.permutation(len(ys))[:4]
-                hx, hy = a.cx + s * (a.med + 6), a.hilum
-                for i in order:
-                    tx, ty = float(xs[i]), float(ys[i])
-                    mx, my = (hx + tx) / 2 + fixed.normal(0, 4), (hy + ty) / 2 + fixed.normal(0, 4)
-                    d.line([(hx, hy), (mx, my), (tx, ty)], fill=255, width=2)
+            ys, xs = np.nonzero(weight * lung > 0.9)
+            hx, hy = a.cx + s * (a.med + 6), a.hilum
+            for i in fixed.permutation(len(ys))[:4]:
+                # Air-filled bronchi: dark tubes running from the hilum into the opacity.
+                tx, ty = float(xs[i]), float(ys[i])
+                mx, my = (hx + tx) / 2 + fixed.normal(0, 4), (hy + ty) / 2 + fixed.normal(0, 4)
+                d.line([(hx, hy), (mx, my), (tx, ty)], fill=255, width=2)
             tubes = np.asarray(layer.filter(ImageFilter.GaussianBlur(0.6)), np.float32) / 255.0
-            opacity = opacity * (1 - 0.55 * tubes)
-        return film + (0.52 - film) * np.clip(opacity, 0, 1)
+            opacity = opacity * (1 - 0.6 * tubes)
+        target = p["soft_tissue"] + 0.16
+        return film + (target - film) * np.clip(opacity, 0, 1)
 
     @staticmethod
     def _effusion(film: np.ndarray, a: _Anatomy, s: int, p: dict) -> np.ndarray:
         """Dependent fluid filling the costophrenic recess, its meniscus rising along the lateral wall."""
-        nx = np.clip((s * (_XX - a.cx) - a.med) / (a.tw - a.med), 0, 1)
+        lateral = s * (_XX - a.cx)
+        nx = np.clip((lateral - a.med) / (a.tw - a.med), 0, 1)
         recess = a.dome(s) + a.dome_height  # the lowest lateral point of the pleural space
-        height = p["effusion_height_px"]
-        top = recess - height * (1 - p["meniscus_curve"] * (1 - nx) ** 2)
-        hemithorax = (s * (_XX - a.cx) > a.med) & (s * (_XX - a.cx) < a.wall) & (_YY < recess + 3)
-        fluid = np.clip((_YY - top) / 6.0, 0, 1) * hemithorax
-        return film + (0.6 - film) * fluid
+        top = recess - p["effusion_height_px"] * (1 - p["meniscus_curve"] * (1 - nx) ** 2)
+        hemithorax = (lateral > 0) & (lateral < a.wall + 3) & (_YY < recess + 4)
+        fluid = np.clip((_YY - top) / 4.0, 0, 1) * hemithorax  # fluid thins out towards its upper margin
+        # Fluid adds density: it hides the dome and lung but never makes the heart look lighter.
+        return film + np.clip(p["soft_tissue"] + 0.15 - film, 0, None) * fluid
 
     @staticmethod
     def _pleural_line(film: np.ndarray, a: _Anatomy, s: int, collapsed: np.ndarray) -> np.ndarray:
@@ -515,8 +503,7 @@ class RadiologyGenerator:
         near_air = air.copy()
         for axis, shift in ((0, 1), (0, -1), (1, 1), (1, -1)):
             near_air |= np.roll(air, shift, axis=axis)
-        edge = collapsed & near_air
-        return film + 0.32 * edge
+        return film + 0.4 * (collapsed & near_air)
 
 
 class _Anatomy:
@@ -533,21 +520,25 @@ class _Anatomy:
         self.hilum = self.apex + 0.42 * (self.dome_r - self.apex)
         self._lungs: dict[tuple[int, float], np.ndarray] = {}
         dx = np.abs(_XX - self.cx)
-        # Lateral chest wall: narrow at the apices, widest at the bases.
-        t = np.clip((_YY - self.apex + 15) / (self.dome_r - self.apex + 15), 0, 1)
-        self.wall = self.tw * (0.62 + 0.38 * np.sqrt(t))
-        neck = 30 + np.clip((_YY - 8) * 3.5, 0, None)
-        self.body = dx < np.minimum(neck, self.tw + 17)
         self.diaphragm = self._dome_curve()
         below = _YY > self.diaphragm
+        # Inner chest wall: narrow at the apices, widest at the bases.
+        self.wall_top = 0.58 * self.tw
+        self.wall = self.tw * (0.58 + 0.42 * np.sqrt(np.clip((_YY - self.apex) / (self.dome_r - self.apex), 0, 1)))
+        self.body = dx < np.minimum(30 + np.clip((_YY - 8) * 3.5, 0, None), self.tw + 17)
         self.abdomen = self.body & below
-        self.mediastinum = (dx < self.med) & ~below
-        self.spine = (dx < 8) * (0.6 + 0.4 * (np.sin(_YY / p["rib_gap"] * 2 * np.pi) > -0.6))
-        ctr_width = p["ctr"] * 2 * self.tw
-        right_part = p["heart_right_fraction"] * ctr_width
-        hx = self.cx - right_part + ctr_width / 2
-        hy = self.dome_r - 0.45 * p["heart_height"]
-        self.heart = ((((_XX - hx) / (ctr_width / 2)) ** 2 + ((_YY - hy) / p["heart_height"]) ** 2) < 1) & ~below
+        knob_y = self.apex + 0.3 * (self.dome_r - self.apex)
+        aortic_knob = ((_XX - self.cx - self.med - 1) / 8) ** 2 + ((_YY - knob_y) / 9) ** 2 < 1
+        self.mediastinum = ((dx < self.med) | aortic_knob) & ~below
+        self.trachea = (dx < 5) & (_YY < self.hilum - 10)
+        self.spine = (dx < 9) * (np.sin(_YY / p["rib_gap"] * 2 * np.pi) > -0.6)
+        # Heart: two half-ellipses meeting at the midline, widest just above the diaphragm; the right
+        # part (image left) and the left part add up to the case's cardiothoracic ratio.
+        width = p["ctr"] * 2 * self.tw
+        right = p["heart_right_fraction"] * width
+        hy = self.dome_r - 0.3 * p["heart_height"]
+        half = np.where(_XX < self.cx, right, width - right)
+        self.heart = (((_XX - self.cx) / half) ** 2 + ((_YY - hy) / p["heart_height"]) ** 2 < 1) & ~below
 
     def dome(self, s: int) -> float:
         return self.dome_r if s < 0 else self.dome_l
@@ -560,14 +551,58 @@ class _Anatomy:
         return top + self.dome_height * np.clip(off, 0, None) ** 2 + 10 * np.clip(-off / 0.67, 0, 1) ** 2
 
     def lung(self, s: int, retract: float = 0.0) -> np.ndarray:
-        """Aerated lung of one side (s=-1: patient's right, image left), shrunk by `retract` pixels."""
+        """Aerated lung of one side (s=-1: patient's right, image left), shrunk by `retract` pixels
+        from the chest wall and the apex (a pneumothorax)."""
         key = (s, retract)
         if key not in self._lungs:
             lateral = s * (_XX - self.cx)
-            apex_curve = self.apex + retract + 40 * ((lateral - 0.45 * self.tw) / (0.6 * self.tw)) ** 2
-            self._lungs[key] = ((lateral > self.med) & (lateral < self.wall - retract) & (_YY > apex_curve)
-                                & (_YY < self.diaphragm) & ~self.heart)
+            round_h = 30.0  # the apex is a half-ellipse this tall
+            y_round = self.apex + retract + round_h
+            wall_round = self.tw * (0.58 + 0.42 * np.sqrt((y_round - self.apex) / (self.dome_r - self.apex))) - retract
+            centre, half = (wall_round + self.med) / 2, (wall_round - self.med) / 2
+            top = (_YY >= y_round) | (((lateral - centre) / half) ** 2 + ((_YY - y_round) / round_h) ** 2 <= 1)
+            self._lungs[key] = ((lateral > self.med) & (lateral < self.wall - retract) & top
+                                & (_YY < self.diaphragm) & ~self.heart & ~self.mediastinum)
         return self._lungs[key]
+
+
+def _lobe_weight(a: _Anatomy, p: dict) -> np.ndarray:
+    """How strongly each pixel of the film lies in the consolidated part of the lobe, in [0, 1].
+
+    Used by the drawer and, in `cases()`, to measure the opacity that the report describes.
+    """
+    lobe = p["lobe"]
+    s = -1 if lobe.startswith("right") else 1
+    # Irregular margins, fixed per patient (a generator of its own so drawing order cannot change them).
+    wobble = 0.07 * (_smooth_noise(np.random.default_rng([p["seed"], 2]), 8) - 0.5)
+    depth = (_YY - a.apex) / (a.dome(s) - a.apex)  # 0 at the apex, 1 at the dome
+    ny = depth + wobble
+    nx = (s * (_XX - a.cx) - a.med) / (a.tw - a.med) - wobble  # 0 medially, 1 at the chest wall
+    dx, dy = p["lesion_shift"]
+    k = p["lesion_scale"]
+
+    def ramp(t: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        return np.clip((t - lo) / (hi - lo), 0, 1)
+
+    if lobe == "right upper lobe":
+        # The horizontal fissure gives a sharp, straight lower margin.
+        return ramp(ny, 0.0, 0.15) * (depth < 0.45 + dy) * ramp(nx, -0.05, 0.12 + dx)
+    if lobe == "right middle lobe":
+        return ramp(ny, 0.45 + dy, 0.55 + dy) * ramp(-ny, -0.97, -0.85) * ramp(-nx, -0.6 * k - dx, -0.3 * k - dx)
+    if lobe == "right lower lobe":
+        return ramp(ny, 0.5 + dy, 0.66 + dy) * ramp(nx, 0.1 + dx, 0.3 + dx)
+    if lobe == "left upper lobe":
+        return ramp(ny, 0.0, 0.15) * ramp(-ny, -0.62 * k - dy, -0.42 * k - dy)
+    return ramp(ny, 0.5 + dy, 0.68 + dy) * ramp(-nx, -0.65 * k - dx, -0.35 * k - dx)
+
+
+def _opacity_size_cm(p: dict, px_per_cm: float) -> tuple[int, int]:
+    """Transverse and craniocaudal extent of the drawn consolidation, so the report matches the film."""
+    a = _Anatomy(p)
+    s = -1 if p["lobe"].startswith("right") else 1
+    ys, xs = np.nonzero((_lobe_weight(a, p) > 0.5) & a.lung(s))
+    return (max(1, round((xs.max() - xs.min() + 1) / px_per_cm)),
+            max(1, round((ys.max() - ys.min() + 1) / px_per_cm)))
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:

@@ -78,8 +78,8 @@ PATTERNS: tuple[Pattern, ...] = (
         "none", "moist",
         "A pale-red, supple tongue with a thin white coating that has a root and is neither too wet nor "
         "too dry reflects healthy Stomach Qi and balanced Qi and Blood.",
-        (("man", "a routine health check before starting a sports programme"),
-         ("woman", "a request for constitutional advice before a long journey")),
+        (("man", "no complaints at a routine health check"),
+         ("woman", "no complaints seeking constitutional advice before a long journey")),
     ),
     Pattern(
         "spleen_qi", "Spleen Qi deficiency", "tonify Spleen Qi", "Si Jun Zi Tang", "Four Gentlemen Decoction",
@@ -239,7 +239,9 @@ class TongueGenerator:
         params = self._params(pattern, coat_colour, coat_thickness, rng)
         coating = _coating_phrase(coat_colour, coat_thickness)
         red_points = "absent" if pattern.red_points == "none" else pattern.red_points
-        cracks = {"none": "none", "central": "a deep central crack", "multiple": "multiple cracks"}[pattern.cracks]
+        cracks = {"none": "none", "central": "one deep central crack", "multiple": "multiple"}[pattern.cracks]
+        # A healthy visitor has no illness whose duration could be given.
+        duration_clause = f" for {duration}" if pattern.formula != NO_FORMULA else ""
         if pattern.formula == NO_FORMULA:
             formula_line = (f"Formula: {NO_FORMULA} was prescribed; the patient was reassured and given "
                             "seasonal dietary advice.")
@@ -247,10 +249,10 @@ class TongueGenerator:
             formula_line = (f"Formula: {pattern.formula} ({pattern.formula_en}), modified according to the "
                             f"presentation, with review of the tongue after {review}.")
         text = (
-            f"Tongue diagnosis case: {age}-year-old {sex} with {complaint} for {duration}. "
-            f"Tongue inspection: body colour {pattern.body}; body shape {pattern.shape}; coating {coating}; "
-            f"teeth marks {'present' if pattern.teeth_marks else 'absent'}; cracks {cracks}; "
-            f"red points {red_points}; moisture {pattern.moisture}. "
+            f"Tongue diagnosis case: {age}-year-old {sex} with {complaint}{duration_clause}. "
+            f"Tongue inspection: body colour: {pattern.body}; body shape: {pattern.shape}; coating: {coating}; "
+            f"teeth marks: {'present' if pattern.teeth_marks else 'absent'}; cracks: {cracks}; "
+            f"red points: {red_points}; moisture: {pattern.moisture}. "
             f"{pattern.interpretation} Pulse: {pattern.pulse}. "
             f"TCM pattern: {pattern.name}. Treatment principle: {pattern.principle}. {formula_line}"
         )

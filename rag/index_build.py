@@ -1,0 +1,316 @@
+"""Build, grow and shrink index bundles (DESIGN §4).
+
+`build_index` validates the corpus, embeds documents and images in batches, trains the router and
+aligner heads, calibrates routing and context selection on the QA validation split, and writes the
+bundle atomically. `add_documents` / `remove_documents` change a bundle without re-embedding what
+is already there or retraining the heads; they too write a new version and swap it in.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from finetune.heads import train_aligner, train_router
+from rag.corpus import DOMAINS, CorpusError, Document, QAItem, format_problems, read_qa, validate_corpus, read_documents
+from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
+                          create_image_encoder, create_text_encoder)
+from rag.index_bundle import IndexBundle, load_bundle, new_vector_index, save_bundle
+from rag.lexical import LexicalIndex
+from rag.selection import SelectionConfig, calibrate
+
+
+@dataclass
+class IndexSpec:
+    """What to build and how; read from YAML/JSON spec files (paths relative to the spec file)."""
+
+    corpus: str | None = None
+    qa: str | None = None                 # QA set: train questions teach the text router, val calibrates
+    out: str | None = None
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    image_encoder: str = DEFAULT_IMAGE_ENCODER
+    joint_dim: int = 256
+    batch_size: int = 32
+    seed: int = 0
+    k_max: int = 10
+    alpha: float = 0.1                    # selection risk target (miss rate of the gold evidence)
+    delta: float = 0.1                    # confidence of the binomial test
+    generate_sample: bool = False         # create the sample corpus first when `corpus` is missing
+    sample_seed: int = 0
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "IndexSpec":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read index spec {path}: {exc}") from exc
+        unknown = set(data) - set(cls.__dataclass_fields__) - {"name", "description"}
+        if unknown:
+            raise ValueError(f"index spec {path}: unknown field(s) {sorted(unknown)}; "
+                             f"known: {sorted(cls.__dataclass_fields__)}")
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("corpus", "qa", "out"):
+            if data.get(key):
+                data[key] = str((path.parent / data[key]).resolve())
+        return cls(**data)
+
+
+@dataclass
+class Embedded:
+    """Features of a batch of documents, ready to be added to a bundle."""
+
+    docs: list[Document]
+    text: np.ndarray                 # (n_docs, text_dim)
+    images: np.ndarray               # (n_images, image_dim)
+    image_doc: np.ndarray            # (n_images,) position in `docs`
+    skipped: list[str] = field(default_factory=list)
+
+
+def document_text(doc: Document) -> str:
+    return f"{doc.title}. {doc.text}" if doc.title else doc.text
+
+
+def _absolute_images(docs: list[Document], corpus_dir: Path) -> None:
+    # The bundle keeps absolute paths so answers and notebooks can show evidence images from anywhere.
+    for doc in docs:
+        doc.images = [str((corpus_dir / rel).resolve()) for rel in doc.images]
+
+
+def load_corpus(corpus: str | Path, on_bad_record: str = "stop") -> tuple[list[Document], list[str]]:
+    """Read and validate a corpus; `on_bad_record` is "stop" (raise, listing all) or "skip"."""
+    if on_bad_record not in ("stop", "skip"):
+        raise ValueError(f"on_bad_record must be 'stop' or 'skip', got {on_bad_record!r}")
+    corpus = Path(corpus)
+    report = validate_corpus(corpus)
+    if report.problems and on_bad_record == "stop":
+        raise CorpusError(format_problems(report, limit=50) + "\nfix these lines, or pass --skip-bad to leave them out")
+    docs = read_documents(corpus, skip_invalid=True)
+    _absolute_images(docs, corpus.parent)
+    return docs, [str(p) for p in report.problems]
+
+
+def embed(docs: list[Document], text_encoder: TextEncoder, image_encoder: ImageEncoder, batch_size: int = 32,
+          progress: bool = True) -> Embedded:
+    text = text_encoder.encode([document_text(d) for d in docs], batch_size=64, progress=progress)
+    paths, owner = [], []
+    for i, doc in enumerate(docs):
+        paths.extend(doc.images)
+        owner.extend([i] * len(doc.images))
+    images = image_encoder.encode(paths, batch_size=batch_size, progress=progress)
+    return Embedded(docs=docs, text=text, images=images, image_doc=np.asarray(owner, dtype=np.int64))
+
+
+_SENTENCE = re.compile(r"(?<=[.!?。；;])\s+")
+
+
+def _router_text_samples(emb: Embedded, text_encoder: TextEncoder, questions: list[QAItem],
+                         domain_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Text router data: whole documents, their sentences, and training questions (the real query form)."""
+    sentences, labels = [], []
+    for doc in emb.docs:
+        for sentence in _SENTENCE.split(doc.text):
+            if len(sentence.split()) >= 4 or len(sentence) >= 8:
+                sentences.append(sentence)
+                labels.append(domain_index[doc.domain])
+    for item in questions:
+        sentences.append(item.question)
+        labels.append(domain_index[item.domain])
+    features = text_encoder.encode(sentences, batch_size=64) if sentences else np.zeros((0, emb.text.shape[1]), np.float32)
+    x = np.concatenate([emb.text, features])
+    y = np.concatenate([[domain_index[d.domain] for d in emb.docs], labels]).astype(np.int64)
+    return x.astype(np.float32), y
+
+
+def _add_to_bundle(bundle: IndexBundle, emb: Embedded) -> list[int]:
+    """Append embedded documents under fresh stable numbers; returns the numbers."""
+    first_doc, first_image = bundle.manifest["next_doc"], bundle.manifest["next_image"]
+    numbers = list(range(first_doc, first_doc + len(emb.docs)))
+    image_ids = np.arange(first_image, first_image + len(emb.images), dtype=np.int64)
+    joint_text = emb.text if bundle.manifest.get("joint_native") else bundle.aligner.project_texts(emb.text)
+    doc_domains = np.asarray([d.domain for d in emb.docs])
+    image_domains = doc_domains[emb.image_doc] if len(emb.image_doc) else np.asarray([], dtype=str)
+    for domain in bundle.domains:
+        rows = np.flatnonzero(doc_domains == domain)
+        img_rows = np.flatnonzero(image_domains == domain)
+        for channel, vectors, ids in (("text", emb.text[rows], np.asarray(numbers)[rows]),
+                                      ("joint", joint_text[rows], np.asarray(numbers)[rows]),
+                                      ("image", emb.images[img_rows], image_ids[img_rows])):
+            index = bundle.vectors.setdefault((domain, channel), new_vector_index(vectors.shape[1] if len(vectors)
+                                                                                  else _dim(bundle, channel)))
+            if len(vectors):
+                index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+    for number, doc in zip(numbers, emb.docs):
+        bundle.docs[number] = doc
+    for image_id, position in zip(image_ids, emb.image_doc):
+        bundle.image_owner[int(image_id)] = numbers[int(position)]
+    bundle.lexical.add([document_text(d) for d in emb.docs], [d.names for d in emb.docs])
+    bundle.manifest["next_doc"] = first_doc + len(emb.docs)
+    bundle.manifest["next_image"] = first_image + len(emb.images)
+    return numbers
+
+
+def _dim(bundle: IndexBundle, channel: str) -> int:
+    dims = bundle.manifest["dims"]
+    if channel == "joint":
+        # a CLIP-style encoder's own space has the text dimension; otherwise the aligner's
+        return dims["text"] if bundle.manifest.get("joint_native") else dims["joint"]
+    return dims[channel]
+
+
+def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = None, qa: str | Path | None = None,
+                on_bad_record: str = "stop", progress: bool = True,
+                text_encoder: TextEncoder | None = None, image_encoder: ImageEncoder | None = None) -> IndexBundle:
+    """Build a bundle from a corpus; an existing bundle at `out` stays live until the new one is complete."""
+    from rag.retriever import Retriever
+
+    spec = spec or IndexSpec()
+    started = time.perf_counter()
+    docs, skipped = load_corpus(corpus, on_bad_record)
+    if not docs:
+        raise CorpusError(f"{corpus}: no usable documents to index")
+    questions = read_qa(qa, doc_ids={d.id for d in docs}, skip_invalid=True) if qa else []
+    text_encoder = text_encoder or create_text_encoder(spec.text_encoder)
+    image_encoder = image_encoder or create_image_encoder(spec.image_encoder)
+    emb = embed(docs, text_encoder, image_encoder, spec.batch_size, progress)
+    emb.skipped = skipped
+
+    domains = [d for d in DOMAINS if any(doc.domain == d for doc in docs)]
+    domain_index = {d: i for i, d in enumerate(domains)}
+    image_labels = np.asarray([domain_index[docs[i].domain] for i in emb.image_doc], dtype=np.int64)
+    text_x, text_y = _router_text_samples(emb, text_encoder, [q for q in questions if q.split == "train"], domain_index)
+    image_x = emb.images if len(emb.images) else np.zeros((1, image_encoder.dim), np.float32)
+    router, router_logs = train_router(image_x, image_labels if len(emb.images) else np.zeros(1, np.int64),
+                                       text_x, text_y, len(domains), seed=spec.seed, progress=progress)
+    joint_native = bool(text_encoder.shares_space_with_images and image_encoder.shares_space_with_images)
+    aligner, aligner_log = train_aligner(emb.images, emb.image_doc, emb.text, joint_dim=spec.joint_dim,
+                                         seed=spec.seed, progress=progress)
+
+    manifest: dict[str, Any] = {
+        "encoders": {"text": {"name": text_encoder.name, "dim": text_encoder.dim, "fingerprint": text_encoder.fingerprint},
+                     "image": {"name": image_encoder.name, "dim": image_encoder.dim,
+                               "fingerprint": image_encoder.fingerprint}},
+        "dims": {"text": text_encoder.dim, "image": image_encoder.dim, "joint": spec.joint_dim},
+        "joint_native": joint_native,
+        "domains": domains,
+        "spec": asdict(spec),
+        "corpus": str(Path(corpus).resolve()),
+        "next_doc": 0, "next_image": 0,
+        "heads": {"router": {k: v.to_json() for k, v in router_logs.items()}, "aligner": aligner_log.to_json()},
+        "routing": {"threshold": 0.5},
+        "skipped_records": skipped,
+    }
+    bundle = IndexBundle(manifest=manifest, docs={}, image_owner={}, vectors={},
+                         lexical=LexicalIndex.build([], []), router=router, aligner=aligner,
+                         selection=SelectionConfig(k_max=spec.k_max, alpha=spec.alpha, delta=spec.delta))
+    _add_to_bundle(bundle, emb)
+
+    val = [q for q in questions if q.split == "val"]
+    retriever = Retriever(bundle, text_encoder, image_encoder)
+    calibrate_bundle(retriever, val, corpus_dir=Path(corpus).parent, qa_dir=Path(qa).parent if qa else None,
+                     spec=spec, progress=progress)
+    manifest["build_seconds"] = round(time.perf_counter() - started, 2)
+    save_bundle(bundle, out)
+    return bundle
+
+
+def calibrate_bundle(retriever, val: list[QAItem], corpus_dir: Path, qa_dir: Path | None, spec: IndexSpec,
+                     progress: bool = True) -> None:
+    """Calibrate the routing threshold and the selection rules on validation questions.
+
+    Routing threshold: the highest router confidence seen on a misrouted validation question, so
+    that questions the router got wrong with that much confidence would have searched two domains.
+    Selection: RULE's binomial-test calibration of k, and γ / ρ under the same risk target.
+    """
+    from tqdm import tqdm
+
+    bundle = retriever.bundle
+    if not val:
+        bundle.selection = calibrate([], [], alpha=spec.alpha, delta=spec.delta, k_max=spec.k_max)
+        bundle.manifest["routing"] = {"threshold": 0.5, "calibrated_on": 0}
+        return
+    wrong_confidences, ranked_scores, gold_ranks = [], [], []
+    number_of = {d.id: n for n, d in bundle.docs.items()}
+    for item in tqdm(val, desc="calibrating on val", disable=not progress, unit="q"):
+        image = str(qa_dir / item.image) if item.image and qa_dir else None
+        result = retriever.retrieve(item.question, image=image, k=spec.k_max + 1)
+        if result.routing.domain != item.domain:
+            wrong_confidences.append(result.routing.confidence)
+        ranked_scores.append([h.score for h in result.hits])
+        gold = number_of.get(item.doc_id)
+        ranks = [i for i, h in enumerate(result.hits) if h.doc_number == gold]
+        gold_ranks.append(ranks[0] if ranks else None)
+    threshold = min(0.99, max(wrong_confidences) + 1e-3) if wrong_confidences else 0.5
+    bundle.manifest["routing"] = {"threshold": round(float(threshold), 4), "calibrated_on": len(val),
+                                  "val_routing_accuracy": round(1 - len(wrong_confidences) / len(val), 4)}
+    bundle.selection = calibrate(ranked_scores, gold_ranks, alpha=spec.alpha, delta=spec.delta, k_max=spec.k_max)
+
+
+def add_documents(bundle_dir: str | Path, corpus: str | Path, on_bad_record: str = "stop",
+                  progress: bool = True) -> dict[str, Any]:
+    """Embed and add the documents of `corpus` to an existing bundle (ids must be new)."""
+    from rag.retriever import Retriever
+
+    retriever = Retriever.load(bundle_dir)
+    bundle = retriever.bundle
+    docs, skipped = load_corpus(corpus, on_bad_record)
+    existing = {d.id for d in bundle.docs.values()}
+    clashes = [d.id for d in docs if d.id in existing]
+    if clashes:
+        raise CorpusError(f"{corpus}: {len(clashes)} document id(s) already in the index ({', '.join(clashes[:5])}"
+                          f"{', …' if len(clashes) > 5 else ''}); remove them first with `medrag index remove`")
+    unknown = sorted({d.domain for d in docs} - set(bundle.domains))
+    if unknown:
+        raise CorpusError(f"{corpus}: domain(s) {unknown} are not in this index (it routes between {bundle.domains}); "
+                          f"rebuild with `medrag index build` to add a domain")
+    emb = embed(docs, retriever.text_encoder, retriever.image_encoder, bundle.manifest["spec"]["batch_size"], progress)
+    numbers = _add_to_bundle(bundle, emb)
+    bundle.manifest.setdefault("history", []).append(
+        {"op": "add", "corpus": str(Path(corpus).resolve()), "documents": len(numbers), "images": len(emb.images),
+         "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    save_bundle(bundle, bundle_dir)
+    return {"added": len(numbers), "images": len(emb.images), "skipped_records": skipped,
+            "documents_total": len(bundle.docs)}
+
+
+def remove_documents(bundle_dir: str | Path, ids: list[str]) -> dict[str, Any]:
+    """Remove documents (and their images) by id; unknown ids are an error, nothing is half-removed."""
+    bundle = load_bundle(bundle_dir)
+    number_of = {d.id: n for n, d in bundle.docs.items()}
+    missing = [i for i in ids if i not in number_of]
+    if missing:
+        raise ValueError(f"not in the index: {', '.join(missing[:10])}; see `medrag index info` for its contents")
+    numbers = {number_of[i] for i in ids}
+    image_ids = [i for i, n in bundle.image_owner.items() if n in numbers]
+    for (domain, channel), index in bundle.vectors.items():
+        doomed = image_ids if channel == "image" else list(numbers)
+        if doomed:
+            index.remove_ids(np.asarray(doomed, dtype=np.int64))
+    for n in numbers:
+        del bundle.docs[n]
+    for i in image_ids:
+        del bundle.image_owner[i]
+    bundle.lexical.remove(sorted(numbers))
+    bundle.manifest.setdefault("history", []).append(
+        {"op": "remove", "ids": ids, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    save_bundle(bundle, bundle_dir)
+    return {"removed": len(numbers), "images_removed": len(image_ids), "documents_total": len(bundle.docs)}
+
+
+def bundle_info(bundle_dir: str | Path) -> dict[str, Any]:
+    from rag.index_bundle import read_manifest, resolve_version
+
+    manifest = read_manifest(bundle_dir)
+    return {"path": str(Path(bundle_dir).resolve()), "version": resolve_version(bundle_dir).name,
+            "format_version": manifest.get("format_version"), "encoders": manifest["encoders"],
+            "domains": manifest["domains"], "counts": manifest.get("counts"), "routing": manifest.get("routing"),
+            "selection": manifest.get("selection"), "heads": {
+                "router_val_accuracy": {k: v["val_metric"] for k, v in manifest["heads"]["router"].items()},
+                "aligner_val_recall_at_1": manifest["heads"]["aligner"]["val_metric"]},
+            "build_seconds": manifest.get("build_seconds"), "history": manifest.get("history", [])}
