@@ -132,7 +132,7 @@ def train_router(image_x: np.ndarray, image_y: np.ndarray, text_x: np.ndarray, t
             loss = loss_fn(head(xt[tr]), yt[tr])
             loss.backward()
             opt.step()
-            return float(loss)
+            return loss.item()
 
         def evaluate() -> tuple[float, float]:
             with torch.no_grad():
@@ -186,7 +186,7 @@ def train_aligner(image_x: np.ndarray, image_doc: np.ndarray, doc_text_x: np.nda
             loss = _info_nce(aligner, img[batch], txt, pair_doc[batch])
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         return float(np.mean(losses))
 
     def evaluate() -> tuple[float, float]:

@@ -209,6 +209,28 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- eval ---------------------------------------------------------------------------------------
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from rag.corpus import read_qa
+    from rag.eval_retrieval import SYSTEMS, evaluate_retrieval, format_table
+    from rag.retriever import Retriever
+
+    retriever = Retriever.load(args.index)
+    questions = [q for q in read_qa(args.qa) if q.split in args.split]
+    if not questions:
+        raise ValueError(f"{args.qa} has no questions in split(s) {args.split}")
+    systems = tuple(s for s in SYSTEMS if not args.system or s.name in args.system)
+    report = evaluate_retrieval(retriever, questions, Path(args.qa).parent, k=args.k, systems=systems,
+                                progress=not args.json)
+    report.update({"index": str(args.index), "qa": str(args.qa), "splits": args.split})
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print_json(report) if args.json else print(format_table(report))
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -331,6 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_retrieve)
 
+    evals = commands.add_parser("eval", help="measure retrieval and answering").add_subparsers(dest="what", required=True)
+    p = evals.add_parser("retrieval", help="Recall@1/5/10, MRR, routing accuracy, latency; with baselines")
+    p.add_argument("--index", default="indexes/sample")
+    p.add_argument("--qa", required=True, help="QA JSONL (image paths relative to it)")
+    p.add_argument("--split", action="append", default=None, help="split(s) to evaluate (default: test)")
+    p.add_argument("--system", action="append", help="only these systems (default: all)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--out", help="also write the JSON report here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_retrieval)
+
     p = commands.add_parser("demo", help="the main job on offline defaults: build the sample corpus and show it")
     p.add_argument("--corpus-dir", default=str(DEFAULT_SAMPLE_DIR))
     p.add_argument("--seed", type=int, default=0)
@@ -341,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "split", "unset") is None:
+        args.split = ["test"]
     try:
         return args.func(args)
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:

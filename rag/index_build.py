@@ -220,9 +220,63 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
     return bundle
 
 
+FUSION_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def calibrate_fusion(retriever, val: list[QAItem], qa_dir: Path | None, depth: int = 50,
+                     progress: bool = True) -> dict[str, dict[str, float]]:
+    """Per query kind, the channel weights of weighted RRF that maximise val MRR of the gold document.
+
+    A question about "the herb in this image" carries no text signal, so its text channels only add
+    noise to the fused ranking; a question naming a herb is best served by BM25. Rather than guess,
+    each kind of query gets the grid point with the best validation MRR (ties: closest to equal weights).
+    """
+    import itertools
+
+    from tqdm import tqdm
+
+    from rag.retriever import RRF_K, query_kind
+
+    number_of = {d.id: n for n, d in retriever.bundle.docs.items()}
+    by_kind: dict[str, list[tuple[list[str], np.ndarray, int | None]]] = {}
+    for item in tqdm(val, desc="calibrating fusion", disable=not progress, unit="q"):
+        image = str(qa_dir / item.image) if item.image and qa_dir else None
+        kind = query_kind(item.question, image)
+        channels = [c for c in ("text", "bm25", "joint", "image")
+                    if (c in ("text", "bm25") and item.question) or (c in ("joint", "image") and image)]
+        _, _, per_channel = retriever.search_channels(item.question, image, channels, depth=depth)
+        candidates = sorted({n for ranked in per_channel.values() for n, _ in ranked})
+        position = {n: i for i, n in enumerate(candidates)}
+        contrib = np.zeros((len(candidates), len(channels)))
+        for j, c in enumerate(channels):
+            for rank, (n, _) in enumerate(per_channel[c]):
+                contrib[position[n], j] = 1.0 / (RRF_K + rank + 1)
+        gold = position.get(number_of.get(item.doc_id, -1))
+        by_kind.setdefault(kind, []).append((channels, contrib, gold))
+
+    weights: dict[str, dict[str, float]] = {}
+    for kind, rows in by_kind.items():
+        channels = rows[0][0]
+        grid = np.asarray([w for w in itertools.product(FUSION_GRID, repeat=len(channels)) if any(w)])
+        mrr = np.zeros(len(grid))
+        for _, contrib, gold in rows:
+            if gold is None or not len(contrib):
+                continue
+            fused = contrib @ grid.T                       # candidates x grid
+            rank = (fused > fused[gold]).sum(axis=0)       # 0-based rank of the gold document
+            mrr += np.where(fused[gold] > 0, 1.0 / (rank + 1), 0.0)
+        mrr /= len(rows)
+        spread = np.abs(grid / grid.max(axis=1, keepdims=True) - 1).sum(axis=1)
+        best = int(np.lexsort((spread, -np.round(mrr, 6)))[0])
+        weights[kind] = {c: float(w) for c, w in zip(channels, grid[best])}
+        weights[kind]["val_mrr"] = round(float(mrr[best]), 4)
+        weights[kind]["n"] = len(rows)
+    return weights
+
+
 def calibrate_bundle(retriever, val: list[QAItem], corpus_dir: Path, qa_dir: Path | None, spec: IndexSpec,
                      progress: bool = True) -> None:
-    """Calibrate the routing threshold and the selection rules on validation questions.
+    """Calibrate fusion weights, the routing threshold and the selection rules on validation questions.
 
     Routing threshold: the highest router confidence seen on a misrouted validation question, so
     that questions the router got wrong with that much confidence would have searched two domains.
@@ -235,9 +289,13 @@ def calibrate_bundle(retriever, val: list[QAItem], corpus_dir: Path, qa_dir: Pat
         bundle.selection = calibrate([], [], alpha=spec.alpha, delta=spec.delta, k_max=spec.k_max)
         bundle.manifest["routing"] = {"threshold": 0.5, "calibrated_on": 0}
         return
+    fusion = calibrate_fusion(retriever, val, qa_dir, progress=progress)
+    bundle.manifest["fusion"] = {kind: {c: w for c, w in ws.items() if c not in ("val_mrr", "n")}
+                                 for kind, ws in fusion.items()}
+    bundle.manifest["fusion_calibration"] = fusion
     wrong_confidences, ranked_scores, gold_ranks = [], [], []
     number_of = {d.id: n for n, d in bundle.docs.items()}
-    for item in tqdm(val, desc="calibrating on val", disable=not progress, unit="q"):
+    for item in tqdm(val, desc="calibrating routing and selection", disable=not progress, unit="q"):
         image = str(qa_dir / item.image) if item.image and qa_dir else None
         result = retriever.retrieve(item.question, image=image, k=spec.k_max + 1)
         if result.routing.domain != item.domain:

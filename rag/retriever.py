@@ -30,6 +30,14 @@ from rag.selection import Selection, select
 
 CHANNELS = ("text", "bm25", "joint", "image")
 RRF_K = 60  # Cormack et al. (2009): robust across collections; ranks, not raw scores, are fused
+# How many fused hits vote on the domain during routing. Only the best one: lower-ranked hits mostly
+# reflect how many documents a domain has (a big domain collects more weak matches), not relevance.
+EVIDENCE_HITS = 1
+
+
+def query_kind(question: str | None, image: object | None) -> str:
+    """Queries with and without an image weigh channels differently (see `Retriever.fusion_weights`)."""
+    return "image+text" if (question and image is not None) else ("image" if image is not None else "text")
 
 
 @dataclass
@@ -107,18 +115,35 @@ class Retriever:
 
     # --- routing ----------------------------------------------------------------------------------
 
-    def route(self, image_features: np.ndarray | None, text_features: np.ndarray | None) -> Routing:
+    def route(self, image_features: np.ndarray | None, text_features: np.ndarray | None,
+              fused: list["Hit"] | None = None) -> Routing:
+        """Router heads, sharpened by where the flat retrieval found its best evidence.
+
+        The heads see only the query; a question such as "which formula was recommended for the
+        45-year-old woman with fatigue?" names no domain, but its best-matching documents do.
+        Evidence is each domain's share of the fused score among the top EVIDENCE_HITS hits, smoothed
+        so that a domain with no hit is down-weighted, not ruled out.
+        """
+        domains = self.bundle.domains
         probs = self.bundle.router.probabilities(
             None if image_features is None else image_features[None],
-            None if text_features is None else text_features[None])[0]
+            None if text_features is None else text_features[None])[0].astype(np.float64)
+        if fused:
+            evidence = np.full(len(domains), 1.0 / (10 * len(domains)))
+            top = fused[:EVIDENCE_HITS]
+            total = sum(h.score for h in top)
+            for h in top:
+                evidence[domains.index(h.doc.domain)] += h.score / total
+            probs = probs * evidence
+            probs = probs / probs.sum()
         order = np.argsort(-probs)
-        domains = self.bundle.domains
         threshold = float(self.bundle.manifest["routing"]["threshold"])
-        top = domains[order[0]]
+        top_domain = domains[order[0]]
         soft = probs[order[0]] < threshold and len(domains) > 1
-        return Routing(domain=top, confidence=float(probs[order[0]]),
+        return Routing(domain=top_domain, confidence=float(probs[order[0]]),
                        probabilities={d: float(p) for d, p in zip(domains, probs)},
-                       searched=[domains[i] for i in order[:2]] if soft else [top], mode="soft" if soft else "routed")
+                       searched=[domains[i] for i in order[:2]] if soft else [top_domain],
+                       mode="soft" if soft else "routed")
 
     # --- retrieval --------------------------------------------------------------------------------
 
@@ -143,31 +168,45 @@ class Retriever:
 
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        text_features = self.text_encoder.encode([question])[0] if question else None
-        image_features = self.image_encoder.encode([image])[0] if image is not None else None
-        timings["encode"] = time.perf_counter() - started
-
+        text_features, image_features, per_channel = self.search_channels(question, image, available, domains,
+                                                                           filters, depth, timings)
         t = time.perf_counter()
-        route = self.route(image_features, text_features)
+        fused = self._fuse(per_channel, self.fusion_weights(question, image))
+        timings["fuse"] = time.perf_counter() - t
+        t = time.perf_counter()
+        route = self.route(image_features, text_features, fused)
         if domains:
             route.searched, route.mode = list(domains), "given"
         elif not routing:
             route.searched, route.mode = list(self.bundle.domains), "flat"
+        else:
+            # The flat ranking restricted to the routed domains is exactly the per-domain search.
+            fused = [h for h in fused if h.doc.domain in route.searched]
         timings["route"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        allowed = self._allowed_numbers(route.searched, filters)
-        per_channel: dict[str, list[tuple[int, float]]] = {}
-        for channel in available:
-            per_channel[channel] = self._search_channel(channel, question, text_features, image_features,
-                                                        route.searched, allowed, depth)
-        timings["search"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        hits = self._fuse(per_channel)[:k]
-        timings["fuse"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
-        return RetrievalResult(hits=hits, routing=route, channels=available, timings=timings)
+        return RetrievalResult(hits=fused[:k], routing=route, channels=available, timings=timings)
+
+    def search_channels(self, question: str | None, image: ImageInput | None, channels: Sequence[str],
+                        domains: Sequence[str] | None = None, filters: dict[str, Any] | None = None,
+                        depth: int = 50, timings: dict[str, float] | None = None):
+        """Encode the query and search each channel over `domains` (default all): the unfused rankings."""
+        timings = {} if timings is None else timings
+        t = time.perf_counter()
+        text_features = self.text_encoder.encode([question])[0] if question else None
+        image_features = self.image_encoder.encode([image])[0] if image is not None else None
+        timings["encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        searched = list(domains) if domains else list(self.bundle.domains)
+        allowed = self._allowed_numbers(searched, filters)
+        per_channel = {c: self._search_channel(c, question, text_features, image_features, searched, allowed, depth)
+                       for c in channels}
+        timings["search"] = time.perf_counter() - t
+        return text_features, image_features, per_channel
+
+    def fusion_weights(self, question: str | None, image: ImageInput | None) -> dict[str, float]:
+        """Per-channel RRF weights for this kind of query, calibrated on the val split at build time."""
+        kind = query_kind(question, image)
+        return self.bundle.manifest.get("fusion", {}).get(kind, {})
 
     def select(self, result: RetrievalResult, rule: str | None = None) -> tuple[list[Hit], Selection]:
         """Adaptive context selection on the fused scores, with the bundle's calibrated parameters."""
@@ -226,15 +265,16 @@ class Retriever:
             return np.asarray([i for i, n in self.bundle.image_owner.items() if n in allowed], dtype=np.int64)
         return np.asarray([n for n in allowed if self.bundle.docs[n].domain == domain], dtype=np.int64)
 
-    def _fuse(self, per_channel: dict[str, list[tuple[int, float]]]) -> list[Hit]:
+    def _fuse(self, per_channel: dict[str, list[tuple[int, float]]], weights: dict[str, float]) -> list[Hit]:
         fused: dict[int, float] = defaultdict(float)
         ranks: dict[int, dict[str, int]] = defaultdict(dict)
         scores: dict[int, dict[str, float]] = defaultdict(dict)
         for channel, ranked in per_channel.items():
+            weight = weights.get(channel, 1.0)
             for rank, (number, score) in enumerate(ranked):
-                fused[number] += 1.0 / (RRF_K + rank + 1)
+                fused[number] += weight / (RRF_K + rank + 1)
                 ranks[number][channel] = rank
                 scores[number][channel] = score
-        order = sorted(fused, key=lambda n: (-fused[n], n))
+        order = sorted((n for n in fused if fused[n] > 0), key=lambda n: (-fused[n], n))
         return [Hit(doc_number=n, doc=self.bundle.docs[n], score=fused[n], ranks=ranks[n], channel_scores=scores[n])
                 for n in order]

@@ -757,7 +757,7 @@ def _paint_swelling(img: Image.Image, p: dict, sign: float) -> None:
               alpha)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _render_retina(params_json: str) -> Image.Image:
     """The patient's retina on the content canvas, before any acquisition effect.
 
@@ -790,9 +790,9 @@ def _render_retina(params_json: str) -> Image.Image:
 
 def _acquire(retina: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Photograph the retina: framing, vignetting, uneven illumination, colour cast, focus, noise."""
-    angle = math.radians(rng.uniform(-8, 8))
-    zoom = rng.uniform(0.92, 1.1)
-    shift = rng.normal(0, 2.5, 2)
+    angle = math.radians(rng.uniform(-6, 6))
+    zoom = rng.uniform(0.94, 1.07)
+    shift = rng.normal(0, 2.0, 2)
     c, s = math.cos(angle) / zoom, math.sin(angle) / zoom
     o = IMAGE_SIZE / 2
     cx, cy = CONTENT / 2 + shift[0], CONTENT / 2 + shift[1]
@@ -800,12 +800,12 @@ def _acquire(retina: Image.Image, rng: np.random.Generator) -> Image.Image:
                            (c, s, cx - c * o - s * o, -s, c, cy + s * o - c * o), Image.BILINEAR)
     arr = np.asarray(framed, dtype=np.float32)
     tilt = rng.uniform(0, 2 * math.pi)
-    light = 1 - rng.uniform(0.25, 0.5) * _VIGNETTE \
-        + rng.uniform(-0.12, 0.12) * (math.cos(tilt) * _OX + math.sin(tilt) * _OY)
-    cast = rng.normal(1.0, 0.05, 3).astype(np.float32)
+    light = 1 - rng.uniform(0.3, 0.45) * _VIGNETTE \
+        + rng.uniform(-0.07, 0.07) * (math.cos(tilt) * _OX + math.sin(tilt) * _OY)
+    cast = rng.normal(1.0, 0.03, 3).astype(np.float32)
     arr = arr * light[..., None] * cast
     photo = photo_variant(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB"), rng,
-                          max_rotate=0.0, scale=(1.0, 1.0), lighting=(0.88, 1.12),
+                          max_rotate=0.0, scale=(1.0, 1.0), lighting=(0.92, 1.08),
                           noise_sd=(1.5, 5.0), blur=0.9)
     return Image.fromarray((np.asarray(photo, dtype=np.float32) * _FIELD_MASK).astype(np.uint8), "RGB")
 

@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from rag.sample_corpus.base import IMAGE_SIZE, QuestionTemplate, SampleCase, photo_variant
+# The question helpers are shared by the sample domains; they live with the first domain that had them.
+from rag.sample_corpus.fundus import multiple_choice, yes_no
 
 SOURCE = ("Maciocia, Tongue Diagnosis in Chinese Medicine, 2nd ed. (Eastland Press, 1995); formulas "
           "after Bensky & Barolet, Chinese Herbal Medicine: Formulas & Strategies; "
@@ -36,15 +38,11 @@ COATING_COLOURS: dict[str, tuple[int, int, int]] = {
     "grey": (128, 128, 124),
 }
 # Opacity of the coating layer at its densest; "peeled" keeps a thin coating with a bare centre.
-COATING_STRENGTH: dict[str, float] = {"thin": 0.45, "thick": 0.8, "greasy": 0.9, "peeled": 0.45, "absent": 0.0}
+COATING_STRENGTH: dict[str, float] = {"thin": 0.55, "thick": 0.8, "greasy": 0.9, "peeled": 0.55, "absent": 0.0}
 COATING_THICKNESS_WORDS: dict[str, str] = {
     "thin": "thin", "thick": "thick", "greasy": "thick and greasy", "peeled": "peeled in the centre",
     "absent": "absent",
 }
-SHAPES = ("normal", "swollen", "thin")
-MOISTURE = ("moist", "wet", "slightly dry", "dry")
-CRACKS = ("none", "central", "multiple")
-RED_POINTS = ("none", "on the tip", "scattered")
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         "kidney_yang", "Kidney Yang deficiency", "warm and tonify Kidney Yang", "Jin Gui Shen Qi Wan",
         "Kidney Qi Pill from the Golden Cabinet", "deep and weak", "pale", "swollen",
-        (("white", "thin"), ("grey", "thin")), False, "none", "none", "wet",
+        (("white", "thin"), ("grey", "thick")), False, "none", "none", "wet",
         "A pale, swollen and wet tongue shows deficient Yang failing to warm and transform body fluids; "
         "a moist coating, white or grey, on a pale body points to internal cold.",
         (("man", "a cold, aching lower back and frequent pale urination"),
@@ -195,19 +193,6 @@ _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
 _FACE_FALLOFF = 1.0 - 0.28 * ((_XX - IMAGE_SIZE / 2) / IMAGE_SIZE * 2) ** 2 - 0.12 * (_YY / IMAGE_SIZE) ** 2
 
 
-def _multiple_choice(question: str, answer: str, pool: list[str], rng: np.random.Generator, *,
-                     uses_image: bool, topic: str) -> QuestionTemplate:
-    """Four options: the answer plus three distinct distractors from `pool`, answer at a random slot."""
-    distractors = [o for o in dict.fromkeys(pool) if o != answer]
-    picked = [distractors[i] for i in rng.choice(len(distractors), size=3, replace=False)]
-    picked.insert(int(rng.integers(0, 4)), answer)
-    return QuestionTemplate(question, answer, picked, uses_image, "multiple_choice", topic)
-
-
-def _yes_no(question: str, truth: bool, *, uses_image: bool, topic: str) -> QuestionTemplate:
-    return QuestionTemplate(question, "yes" if truth else "no", ["yes", "no"], uses_image, "yes_no", topic)
-
-
 def _coating_phrase(colour: str, thickness: str) -> str:
     if thickness == "absent":
         return "absent (no coating)"
@@ -279,7 +264,7 @@ class TongueGenerator:
         # Lips share some of the tongue's colour (pale in Blood deficiency, dusky in stasis).
         lip = 0.55 * LIP_BASE * (1.0 - 0.35 * shade) + 0.45 * body + rng.normal(0, 6, 3)
         half_width = {"normal": 50.0, "swollen": 60.0, "thin": 40.0}[pattern.shape] * rng.uniform(0.93, 1.07)
-        coat = COATING_COLOURS.get(coat_colour, (0, 0, 0))
+        coat = COATING_COLOURS.get(coat_colour, (0, 0, 0))  # colour "none": the drawer skips an absent coating
         return {
             "seed": int(rng.integers(0, 2**31 - 1)),
             "skin": [round(float(c), 1) for c in skin],
@@ -302,25 +287,25 @@ class TongueGenerator:
             "moisture": pattern.moisture,
         }
 
-    def _questions(self, pattern: Pattern, handle: str, coat_colour: str, coat_thickness: str,
+    @staticmethod
+    def _questions(pattern: Pattern, handle: str, coat_colour: str, coat_thickness: str,
                    rng: np.random.Generator) -> list[QuestionTemplate]:
         patterns = [p.name for p in PATTERNS]
         formulas = [p.formula for p in PATTERNS]
-        qs = [
-            _multiple_choice("What TCM pattern does the tongue in this image indicate?", pattern.name,
-                             patterns, rng, uses_image=True, topic="pattern"),
-            _multiple_choice("What is the body colour of the tongue in this image?", pattern.body,
-                             list(BODY_COLOURS), rng, uses_image=True, topic="body_colour"),
-        ]
         if coat_thickness == "absent":
-            qs.append(_multiple_choice("How would you describe the coating of the tongue in this image?",
-                                       "absent", list(COATING_STRENGTH), rng, uses_image=True,
-                                       topic="coating_thickness"))
+            coating = multiple_choice(rng, "How would you describe the coating of the tongue in this image?",
+                                      "absent", list(COATING_STRENGTH), uses_image=True, topic="coating_thickness")
         else:
-            qs.append(_multiple_choice("What colour is the coating of the tongue in this image?", coat_colour,
-                                       [*COATING_COLOURS, "black"], rng, uses_image=True,
-                                       topic="coating_colour"))
-        features = {
+            coating = multiple_choice(rng, "What colour is the coating of the tongue in this image?", coat_colour,
+                                      [*COATING_COLOURS, "black"], uses_image=True, topic="coating_colour")
+        qs = [
+            multiple_choice(rng, "What TCM pattern does the tongue in this image indicate?", pattern.name,
+                            patterns, uses_image=True, topic="pattern"),
+            multiple_choice(rng, "What is the body colour of the tongue in this image?", pattern.body,
+                            list(BODY_COLOURS), uses_image=True, topic="body_colour"),
+            coating,
+        ]
+        signs = {
             "teeth_marks": ("Does the tongue in this image show teeth marks?", pattern.teeth_marks),
             "cracks": ("Does the tongue in this image have cracks?", pattern.cracks != "none"),
             "red_points": ("Are there red points on the tongue in this image?", pattern.red_points != "none"),
@@ -328,36 +313,36 @@ class TongueGenerator:
             "thin": ("Is the tongue body in this image thin?", pattern.shape == "thin"),
         }
         # One sign the tongue has (when it has any) and one it lacks keeps yes and no balanced.
-        present = [k for k, (_, truth) in features.items() if truth]
-        absent = [k for k, (_, truth) in features.items() if not truth]
+        present = [k for k, (_, truth) in signs.items() if truth]
+        absent = [k for k, (_, truth) in signs.items() if not truth]
         chosen = [str(rng.choice(present))] if present else [str(rng.choice(absent))]
         chosen.append(str(rng.choice([k for k in absent if k not in chosen])))
         for key in chosen:
-            question, truth = features[key]
-            qs.append(_yes_no(question, truth, uses_image=True, topic=key))
+            question, truth = signs[key]
+            qs.append(yes_no(question, truth, uses_image=True, topic=key))
         asked_colour = pattern.body if rng.random() < 0.5 else str(
             rng.choice([c for c in BODY_COLOURS if c != pattern.body]))
-        qs.append(_yes_no(f"Is the tongue body in this image {asked_colour}?", asked_colour == pattern.body,
-                          uses_image=True, topic="body_colour"))
+        qs.append(yes_no(f"Is the tongue body in this image {asked_colour}?", asked_colour == pattern.body,
+                         uses_image=True, topic="body_colour"))
 
         qs += [
-            _multiple_choice(f"What TCM pattern was diagnosed in {handle}?", pattern.name, patterns, rng,
-                             uses_image=False, topic="pattern"),
-            _multiple_choice(f"What treatment principle was chosen for {handle}?", pattern.principle,
-                             [p.principle for p in PATTERNS], rng, uses_image=False, topic="principle"),
-            _multiple_choice(f"Which formula was recommended for {handle}?", pattern.formula, formulas, rng,
-                             uses_image=False, topic="formula"),
-            _multiple_choice(f"What pulse was recorded for {handle}?", pattern.pulse,
-                             [p.pulse for p in PATTERNS], rng, uses_image=False, topic="pulse"),
+            multiple_choice(rng, f"What TCM pattern was diagnosed in {handle}?", pattern.name, patterns,
+                            uses_image=False, topic="pattern"),
+            multiple_choice(rng, f"What treatment principle was chosen for {handle}?", pattern.principle,
+                            [p.principle for p in PATTERNS], uses_image=False, topic="principle"),
+            multiple_choice(rng, f"Which formula was recommended for {handle}?", pattern.formula, formulas,
+                            uses_image=False, topic="formula"),
+            multiple_choice(rng, f"What pulse was recorded for {handle}?", pattern.pulse,
+                            [p.pulse for p in PATTERNS], uses_image=False, topic="pulse"),
         ]
         if pattern.formula == NO_FORMULA:
-            qs.append(_yes_no(f"Was a herbal formula prescribed for {handle}?", False, uses_image=False,
-                              topic="formula"))
+            qs.append(yes_no(f"Was a herbal formula prescribed for {handle}?", False, uses_image=False,
+                             topic="formula"))
         else:
             asked = pattern.formula if rng.random() < 0.5 else str(
                 rng.choice([f for f in formulas if f not in (pattern.formula, NO_FORMULA)]))
-            qs.append(_yes_no(f"Was {asked} prescribed for {handle}?", asked == pattern.formula,
-                              uses_image=False, topic="formula"))
+            qs.append(yes_no(f"Was {asked} prescribed for {handle}?", asked == pattern.formula,
+                             uses_image=False, topic="formula"))
         return qs
 
     def draw(self, case: SampleCase, rng: np.random.Generator) -> Image.Image:
@@ -368,6 +353,7 @@ class TongueGenerator:
         arr = np.asarray(self._face(p, cx), np.float32) * _FACE_FALLOFF[..., None]
         f = _Frame(cx, p["mouth_y"] - p["mouth_half_height"] + 9, p["half_width"], p["length"], p["squareness"])
         window = arr[f.r0:f.r1, f.c0:f.c1]
+        shape = window.shape[:2]
 
         u, v = (f.x - f.cx) / f.a, (f.y - f.top) / f.length
         vc = np.clip(v, 0, None)
@@ -379,21 +365,21 @@ class TongueGenerator:
         for k in range(p["teeth_marks"]):
             # Scallops: shallow round indentations of the edge, each with a darker border.
             vk = 0.2 + 0.5 * k / max(p["teeth_marks"] - 1, 1) + fixed.uniform(-0.02, 0.02)
-            radius = fixed.uniform(7.0, 9.0)
+            radius = fixed.uniform(5.5, 7.0)
             yk = f.top + vk * f.length
             ek = f.a * (1 - vk ** 2) ** (1 / f.m)
             for side in (-1, 1):
-                dist = np.hypot(f.x - (f.cx + side * (ek + 0.6 * radius)), f.y - yk)
+                dist = np.hypot(f.x - (f.cx + side * (ek + 0.3 * radius)), f.y - yk)
                 inside = np.minimum(inside, np.clip(dist - radius, 0, 1))
                 rim = np.maximum(rim, np.clip(1 - (dist - radius) / 3.5, 0, 1))
 
         # Tongue body: darker at the edges and towards the throat.
         depth = np.clip((1 - level) / 0.18, 0, 1)
-        shade = (0.74 + 0.26 * depth) * (0.72 + 0.28 * np.clip(v / 0.25 + 0.3, 0, 1)) * (1 - 0.2 * rim)
-        papillae = _smooth_noise(fixed, 56, window.shape[:2])
+        shade = (0.74 + 0.26 * depth) * (0.72 + 0.28 * np.clip(v / 0.25 + 0.3, 0, 1)) * (1 - 0.3 * rim)
+        papillae = _smooth_noise(fixed, 56, shape)
         body = np.array(p["body"], np.float32) * (shade * (0.96 + 0.08 * papillae))[..., None]
         if p["moisture"] in ("dry", "slightly dry"):
-            body *= (1.0 - 0.08 * _smooth_noise(fixed, 90, window.shape[:2]))[..., None]
+            body *= (1.0 - 0.08 * _smooth_noise(fixed, 90, shape))[..., None]
 
         # Coating: densest over the centre and root, thinning towards the tip and the edges.
         thickness = p["coating_thickness"]
@@ -402,19 +388,23 @@ class TongueGenerator:
             heavy = thickness in ("thick", "greasy")
             cover = (np.clip(1 - (np.abs(u) / (0.95 if heavy else 0.8)) ** 2, 0, 1)
                      * np.clip(((0.92 if heavy else 0.78) - v) / 0.3, 0, 1))
-            texture = np.clip(0.55 + 0.9 * (_smooth_noise(fixed, 28 if heavy else 56, window.shape[:2]) - 0.5), 0, 1)
+            texture = np.clip(0.55 + 0.9 * (_smooth_noise(fixed, 28 if heavy else 56, shape) - 0.5), 0, 1)
             if thickness == "greasy":
                 # A sticky layer: even overall, with the fine grain of papillae showing through.
                 texture = 0.65 + 0.2 * texture + 0.15 * papillae
             alpha = strength * cover * texture
             if thickness == "peeled":
-                bare = 1 - (u / 0.5) ** 2 - ((v - 0.42) / 0.3) ** 2 + 0.3 * _smooth_noise(fixed, 14, window.shape[:2])
+                bare = 1 - (u / 0.5) ** 2 - ((v - 0.42) / 0.3) ** 2 + 0.3 * _smooth_noise(fixed, 14, shape)
                 alpha *= 1 - np.clip(bare * 3, 0, 1)
             coat = np.array(p["coating_rgb"], np.float32) * (0.82 + 0.18 * depth)[..., None]
             body = body * (1 - alpha[..., None]) + coat * alpha[..., None]
 
         body = self._marks(body, p, fixed, f)
         body = self._highlights(body, p, rng, f)
+        if p["teeth_marks"]:
+            # Round off the cusps between neighbouring scallops, as soft tissue would.
+            mask = Image.fromarray(np.round(inside * 255).astype(np.uint8), "L").filter(ImageFilter.BoxBlur(1))
+            inside = np.asarray(mask, np.float32) / 255.0
         window[...] = window + (body - window) * inside[..., None]
         arr *= rng.normal(1.0, 0.02, 3)[None, None, :]  # white balance of the camera
         image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
@@ -453,8 +443,9 @@ class TongueGenerator:
             d = ImageDraw.Draw(layer)
             # Every tongue with cracks has a midline fissure; "multiple" adds short side branches.
             wide = p["cracks"] == "central"
-            d.line([f.to_xy(float(fixed.normal(0, 0.03)), float(vv)) for vv in np.linspace(0.1, 0.68 if wide else 0.6, 7)],
-                   fill=255, width=4 if wide else 2)
+            midline = np.linspace(0.1, 0.68 if wide else 0.6, 7)
+            d.line([f.to_xy(float(fixed.normal(0, 0.03)), float(vv)) for vv in midline], fill=255,
+                   width=4 if wide else 2)
             if p["cracks"] == "multiple":
                 for _ in range(int(fixed.integers(6, 10))):
                     uu, vv = float(fixed.uniform(-0.55, 0.55)), float(fixed.uniform(0.15, 0.75))
