@@ -400,7 +400,7 @@ def _texture(texture: str, length: float, width: float, colour: RGB, secondary: 
 
 
 def _rounded(body: np.ndarray, colour: RGB, length: float, width: float) -> list[_Prim]:
-    """A solid piece: dark rim with the lit body offset towards the light (upper left)."""
+    """A solid piece: a dark rim around its lit body, offset to one side so it reads as rounded."""
     rim = _shade(colour, 0.62)
     lit = body * 0.86 + np.array([-0.04 * length, -0.06 * width])
     return [_Prim("poly", body, rim, outline=_shade(colour, 0.45), body=True), _Prim("poly", lit, colour)]
@@ -539,8 +539,8 @@ def _piece_root(L: float, W: float, c: RGB, s: RGB, tex: str, curl: float, irr: 
                       _Prim("poly", bump * 0.7 + 0.3 * np.array([x, y]) - [0.02 * L, 0.03 * W], c)]
     if not spindle:
         for end in (0, -1):
-            prims.append(_Prim("poly", _ellipse(W * 0.3, W * 0.9, prng, 0.05, 10, offset=(t[end] * L * 0.96, bend[end])),
-                               s))
+            cut = _ellipse(W * 0.3, W * 0.9, prng, 0.05, 10, offset=(t[end] * L * 0.96, bend[end]))
+            prims.append(_Prim("poly", cut, s))
     if tex == "wrinkled":  # transverse wrinkles across the root
         for x in np.sort(prng.uniform(-0.4, 0.4, int(prng.integers(4, 9)))) * L:
             y = np.interp(x, t * L, bend)
@@ -566,8 +566,8 @@ def _piece_rhizome(L: float, W: float, c: RGB, s: RGB, tex: str, curl: float, ir
             for dx in np.linspace(-0.3, 0.3, 3 if tex in ("ridged", "hairy") else 1) * a:
                 prims.append(_Prim("line", _curve((x + dx, y - 0.4 * b), (x + dx, y + 0.4 * b), 0.15), s))
     if prng.random() < 0.35:  # a broken or cut end shows the inside
-        prims.append(_Prim("poly", _ellipse(W * 0.35, W * 0.6, prng, 0.1, 12, offset=(xs[-1] + sizes[-1][0] * 0.3, ys[-1])),
-                           s))
+        cut = _ellipse(W * 0.35, W * 0.6, prng, 0.1, 12, offset=(xs[-1] + sizes[-1][0] * 0.3, ys[-1]))
+        prims.append(_Prim("poly", cut, s))
     return prims + _texture(tex, L * 0.9, W * 0.9, c, s, prng)
 
 
@@ -592,7 +592,8 @@ def _piece_bark(L: float, W: float, c: RGB, s: RGB, tex: str, curl: float, irr: 
     if tex == "rubbery":  # silvery rubber threads across a break
         for k in range(int(prng.integers(3, 7))):
             y = (k / 6 - 0.4) * W
-            prims.append(_Prim("line", _curve((0.42 * L, y), (0.56 * L, y + prng.normal(0, 0.1) * W), 0.2), (236, 236, 230)))
+            thread = _curve((0.42 * L, y), (0.56 * L, y + prng.normal(0, 0.1) * W), 0.2)
+            prims.append(_Prim("line", thread, (236, 236, 230)))
         return prims
     return prims + _texture(tex, L, W * 0.8, c, s, prng)
 

@@ -330,7 +330,7 @@ def _gland(sc: _Scene, rng: np.random.Generator, centre: Sequence[float], lumen:
     return outer
 
 
-def _colon_mucosa(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+def _paint_colon_mucosa(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     """Regular crypts in cross-section with goblet cells, in a lamina propria of plasma cells."""
     _fibres(sc, rng, 120, (48, 60), (0.8, 1.5), rng.uniform(0, np.pi), 1.2, 30)
     spacing = p["crypt_spacing"]
@@ -349,7 +349,7 @@ def _colon_mucosa(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     sc.interleave(parts)
 
 
-def _adenocarcinoma(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+def _paint_adenocarcinoma(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     """Irregular, angulated and fused glands of atypical cells in desmoplastic stroma."""
     _fibres(sc, rng, 380, (55, 85), (0.8, 2.0), rng.uniform(0, np.pi), 0.6, 60)
     grade = p["grade_n"]
@@ -376,9 +376,10 @@ def _adenocarcinoma(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     _lymphocytes(sc, rng, stroma[170:])
 
 
-def _liver_cells(sc: _Scene, rng: np.random.Generator, p: dict, fat: float) -> None:
-    """Hepatocyte plates radiating from a central vein, sinusoids between them; a fraction `fat`
-    of hepatocytes hold a large fat vacuole that pushes the nucleus to the cell edge."""
+def _paint_liver(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+    """Hepatocyte plates radiating from a central vein, sinusoids between them; in steatosis,
+    some hepatocytes hold a large fat vacuole that pushes the nucleus to the cell edge."""
+    fat = p.get("fat_percent", 0) / 100
     centre = np.asarray(p["vein"], dtype=float)
     vein_r = p["vein_r"]
     cell = p["cell_size"]
@@ -446,7 +447,7 @@ def _fibres_in(sc: _Scene, rng: np.random.Generator, centre: np.ndarray, radius:
     sc.lines("E", paths, 1.2, 105)
 
 
-def _lymph_node(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+def _paint_lymph_node(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     """Sheets of small lymphocytes with follicles (pale germinal centres, dark mantles), a capsule."""
     cells = _jittered_grid(rng, p["cell_spacing"], 1.2, keep=0.85)
     follicles = [np.asarray(f[:2], dtype=float) for f in p["follicles"]]
@@ -488,7 +489,7 @@ def _lymph_node(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     _nuclei(sc, rng, spindles, (5, 7), (1.0, 1.4), (140, 170), angle=np.full(len(spindles), math.atan2(*tangent[::-1])))
 
 
-def _breast_idc(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+def _paint_breast_idc(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     """Nests, cords and tubules of atypical ductal cells infiltrating dense pink stroma."""
     _fibres(sc, rng, 420, (60, 95), (1.0, 2.2), rng.uniform(0, np.pi), 0.5, 70)
     grade = p["grade_n"]
@@ -517,7 +518,7 @@ def _breast_idc(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     _lymphocytes(sc, rng, stroma[120:])
 
 
-def _scc(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+def _paint_scc(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     """Nests of large eosinophilic squamous cells with basaloid rims and keratin pearls."""
     _fibres(sc, rng, 300, (55, 80), (1.0, 2.0), rng.uniform(0, np.pi), 0.8, 50)
     grade = p["grade_n"]
@@ -556,7 +557,7 @@ def _scc(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     _nuclei(sc, rng, stroma[200:], (5, 7), (1.0, 1.5), (130, 170))
 
 
-def _granuloma(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+def _paint_granuloma(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     """Nodules of epithelioid histiocytes with Langhans giant cells, a lymphocytic cuff and, when
     caseating, central amorphous necrosis."""
     _fibres(sc, rng, 150, (45, 62), (0.8, 1.6), rng.uniform(0, np.pi), 1.0, 40)
@@ -594,7 +595,7 @@ def _granuloma(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
             _nuclei(sc, rng, ring, (3.2, 3.8), (2.0, 2.5), (110, 140), angle=t)
 
 
-def _acute_inflammation(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+def _paint_acute_inflammation(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     """Oedematous wall (smooth muscle bundles) flooded by neutrophils, fibrin and congested vessels."""
     angle = rng.uniform(0, np.pi)
     _fibres(sc, rng, 90, (35, 50), (0.6, 1.2), angle, 1.5, 30)
@@ -624,7 +625,7 @@ def _acute_inflammation(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     _lymphocytes(sc, rng, _uniform(rng, 120))
 
 
-def _necrosis(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
+def _paint_necrosis(sc: _Scene, rng: np.random.Generator, p: dict) -> None:
     """Coagulative necrosis: ghost outlines of cells and glands without nuclei, nuclear dust,
     with viable tissue and an inflammatory rim along one edge."""
     cells = _jittered_grid(rng, 13, 2.0)
@@ -659,16 +660,16 @@ def _rect(normal: np.ndarray, start: float) -> np.ndarray:
 
 PAINTERS: dict[str, tuple[float, Callable[[_Scene, np.random.Generator, dict], None]]] = {
     # diagnosis: (eosin of the background, painter)
-    "normal_colon": (44, _colon_mucosa),
-    "normal_liver": (20, lambda sc, rng, p: _liver_cells(sc, rng, p, 0.0)),
-    "steatosis": (20, lambda sc, rng, p: _liver_cells(sc, rng, p, p["fat_percent"] / 100)),
-    "lymph_node": (30, _lymph_node),
-    "colon_adenocarcinoma": (58, _adenocarcinoma),
-    "breast_idc": (62, _breast_idc),
-    "scc": (55, _scc),
-    "granuloma": (40, _granuloma),
-    "acute_inflammation": (28, _acute_inflammation),
-    "necrosis": (86, _necrosis),
+    "normal_colon": (44, _paint_colon_mucosa),
+    "normal_liver": (20, _paint_liver),
+    "steatosis": (20, _paint_liver),
+    "lymph_node": (30, _paint_lymph_node),
+    "colon_adenocarcinoma": (58, _paint_adenocarcinoma),
+    "breast_idc": (62, _paint_breast_idc),
+    "scc": (55, _paint_scc),
+    "granuloma": (40, _paint_granuloma),
+    "acute_inflammation": (28, _paint_acute_inflammation),
+    "necrosis": (86, _paint_necrosis),
 }
 
 
@@ -768,7 +769,7 @@ def _margin(rng: np.random.Generator, p: dict, involved: bool, where: str) -> No
     p["margin_involved"] = int(involved)
 
 
-def _normal_colon(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_normal_colon(rng: np.random.Generator, p: dict, index: int) -> None:
     p["site"] = _pick(rng, ["sigmoid colon", "transverse colon", "ascending colon"])
     p["specimen"] = "endoscopic biopsy"
     p["history"] = _pick(rng, [f"{int(rng.integers(6, 20))} weeks of watery diarrhoea",
@@ -796,7 +797,7 @@ def _liver_layout(rng: np.random.Generator, p: dict) -> None:
     p["portal"] = [round(p["vein"][0] + 135 * math.cos(angle), 1), round(p["vein"][1] + 135 * math.sin(angle), 1)]
 
 
-def _normal_liver(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_normal_liver(rng: np.random.Generator, p: dict, index: int) -> None:
     _liver_layout(rng, p)
     p["specimen"], p["history"] = _pick(rng, [
         ("percutaneous core needle biopsy", f"a mildly raised ALT of {int(rng.integers(45, 90))} U/L"),
@@ -810,7 +811,7 @@ def _normal_liver(rng: np.random.Generator, p: dict, index: int) -> None:
     p["follow_up"] = "No histological cause found; investigate other causes of abnormal liver tests"
 
 
-def _steatosis(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_steatosis(rng: np.random.Generator, p: dict, index: int) -> None:
     _liver_layout(rng, p)
     p["fat_percent"] = int(rng.integers(*[(15, 30), (40, 62), (70, 90)][index % 3]))
     p["grade"] = f"steatosis grade S{1 if p['fat_percent'] <= 33 else 2 if p['fat_percent'] <= 66 else 3}"
@@ -830,7 +831,7 @@ def _steatosis(rng: np.random.Generator, p: dict, index: int) -> None:
                            f"({p['fat_percent']}% of hepatocytes)")
 
 
-def _lymph_node_facts(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_lymph_node(rng: np.random.Generator, p: dict, index: int) -> None:
     p["site"] = _pick(rng, ["axillary lymph node", "cervical lymph node", "inguinal lymph node"])
     sentinel = p["site"] == "axillary lymph node"
     p["specimen"] = "sentinel lymph node biopsy" if sentinel else "excision biopsy"
@@ -849,12 +850,13 @@ def _lymph_node_facts(rng: np.random.Generator, p: dict, index: int) -> None:
     p["capsule_angle"] = round(float(rng.uniform(0, 2 * np.pi)), 3)
 
 
-def _colon_adenocarcinoma(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_colon_adenocarcinoma(rng: np.random.Generator, p: dict, index: int) -> None:
     grade = (1, 2, 2, 3)[index % 4]
     p["grade_n"] = grade
     p["grade"] = {1: "well differentiated (G1)", 2: "moderately differentiated (G2)",
                   3: "poorly differentiated (G3)"}[grade]
-    p["site"], p["specimen"] = _pick(rng, [("caecum", "right hemicolectomy"), ("ascending colon", "right hemicolectomy"),
+    p["site"], p["specimen"] = _pick(rng, [("caecum", "right hemicolectomy"),
+                                           ("ascending colon", "right hemicolectomy"),
                                            ("sigmoid colon", "sigmoid colectomy"), ("rectum", "anterior resection")])
     p["history"] = _pick(rng, ["iron-deficiency anaemia", "rectal bleeding and weight loss",
                                "a positive faecal immunochemical screening test", "large-bowel obstruction"])
@@ -876,7 +878,7 @@ def _colon_adenocarcinoma(rng: np.random.Generator, p: dict, index: int) -> None
                       "Discuss at the colorectal MDT; mismatch-repair immunohistochemistry")
 
 
-def _breast_idc_facts(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_breast_idc(rng: np.random.Generator, p: dict, index: int) -> None:
     grade = (1, 2, 3, 2)[index % 4]
     # Nottingham scores (tubules, pleomorphism, mitoses) that add up to this grade
     tubules, pleomorphism, mitoses = {1: (1, 2, 1), 2: (2, 2, 2), 3: (3, 3, 3)}[grade]
@@ -901,7 +903,7 @@ def _breast_idc_facts(rng: np.random.Generator, p: dict, index: int) -> None:
                       if p["margin_involved"] else "ER, PR and HER2 testing and breast MDT discussion")
 
 
-def _scc_facts(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_scc(rng: np.random.Generator, p: dict, index: int) -> None:
     grade = (1, 2, 2, 3)[index % 4]
     p["grade_n"] = grade
     p["grade"] = {1: "well differentiated", 2: "moderately differentiated", 3: "poorly differentiated"}[grade]
@@ -929,7 +931,7 @@ def _scc_facts(rng: np.random.Generator, p: dict, index: int) -> None:
                       else "MDT discussion; clinical surveillance every 3 months for the first year")
 
 
-def _granuloma_facts(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_granuloma(rng: np.random.Generator, p: dict, index: int) -> None:
     caseating = index != 1
     p["caseating"] = int(caseating)
     p["site"], p["specimen"], p["history"] = _pick(rng, [
@@ -945,7 +947,8 @@ def _granuloma_facts(rng: np.random.Generator, p: dict, index: int) -> None:
     p["granuloma_count"] = int(rng.integers(4, 20))
     p["zn_positive"] = int(caseating and index == 0)
     if rng.random() < 0.6:  # one large granuloma in the field, or two smaller ones
-        p["granulomas"] = [[round(float(v), 1) for v in rng.uniform(-25, 25, 2)] + [round(float(rng.uniform(75, 95)), 1)]]
+        centre = [round(float(v), 1) for v in rng.uniform(-25, 25, 2)]
+        p["granulomas"] = [centre + [round(float(rng.uniform(75, 95)), 1)]]
     else:
         p["granulomas"] = [[x, round(float(rng.uniform(-30, 30)), 1), round(float(rng.uniform(50, 62)), 1)]
                            for x in (-55.0, 60.0)]
@@ -964,7 +967,7 @@ def _granuloma_facts(rng: np.random.Generator, p: dict, index: int) -> None:
                       if caseating else "Correlate with serum ACE and chest CT; respiratory clinic review")
 
 
-def _acute_inflammation_facts(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_acute_inflammation(rng: np.random.Generator, p: dict, index: int) -> None:
     appendix = index != 1
     p["site"] = "appendix" if appendix else "gallbladder"
     p["specimen"] = "appendicectomy" if appendix else "cholecystectomy"
@@ -985,7 +988,7 @@ def _acute_inflammation_facts(rng: np.random.Generator, p: dict, index: int) -> 
     p["muscle_edge"] = round(float(rng.uniform(40, 90)), 1)
 
 
-def _necrosis_facts(rng: np.random.Generator, p: dict, index: int) -> None:
+def _facts_necrosis(rng: np.random.Generator, p: dict, index: int) -> None:
     p["site"], p["specimen"], p["history"] = _pick(rng, [
         ("small bowel", "small bowel resection", "acute mesenteric ischaemia and atrial fibrillation"),
         ("small bowel", "small bowel resection", "a strangulated incisional hernia"),
@@ -1005,10 +1008,10 @@ def _necrosis_facts(rng: np.random.Generator, p: dict, index: int) -> None:
 
 
 FACTS: dict[str, Callable[[np.random.Generator, dict, int], None]] = {
-    "normal_colon": _normal_colon, "normal_liver": _normal_liver, "lymph_node": _lymph_node_facts,
-    "colon_adenocarcinoma": _colon_adenocarcinoma, "breast_idc": _breast_idc_facts, "granuloma": _granuloma_facts,
-    "acute_inflammation": _acute_inflammation_facts, "necrosis": _necrosis_facts, "steatosis": _steatosis,
-    "scc": _scc_facts,
+    "normal_colon": _facts_normal_colon, "normal_liver": _facts_normal_liver, "lymph_node": _facts_lymph_node,
+    "colon_adenocarcinoma": _facts_colon_adenocarcinoma, "breast_idc": _facts_breast_idc, "granuloma": _facts_granuloma,
+    "acute_inflammation": _facts_acute_inflammation, "necrosis": _facts_necrosis, "steatosis": _facts_steatosis,
+    "scc": _facts_scc,
 }
 
 
@@ -1056,8 +1059,8 @@ def _questions(rng: np.random.Generator, p: dict, vocabulary: dict[str, list[str
                         vocabulary["follow_up"], uses_image=True, topic="follow_up"),
         multiple_choice(rng, f"What was the diagnosis for {handle}?", label, others, uses_image=False,
                         topic="diagnosis"),
-        multiple_choice(rng, f"What type of specimen was received from {handle}?", p["specimen"], vocabulary["specimen"],
-                        uses_image=False, topic="specimen"),
+        multiple_choice(rng, f"What type of specimen was received from {handle}?", p["specimen"],
+                        vocabulary["specimen"], uses_image=False, topic="specimen"),
         multiple_choice(rng, f"What was recommended in the pathology report for {handle}?", p["follow_up"],
                         vocabulary["follow_up"], uses_image=False, topic="follow_up"),
     ]
@@ -1127,7 +1130,8 @@ def _specific_questions(rng: np.random.Generator, p: dict, handle: str) -> list[
         qs.append(yes_no(f"Were the resection margins viable in {handle}?", bool(p["viable_margins"]),
                          uses_image=False, topic="margin"))
         qs.append(multiple_choice(rng, f"Over what length was necrosis measured in {handle}?",
-                                  f"{p['necrotic_mm']} mm", grid_distractors(p["necrotic_mm"], 20, 180, 1, 15, "{:g} mm"),
+                                  f"{p['necrotic_mm']} mm",
+                                  grid_distractors(p["necrotic_mm"], 20, 180, 1, 15, "{:g} mm"),
                                   uses_image=False, topic="measurement"))
     return qs
 
