@@ -79,10 +79,11 @@ def yes_no(question: str, answer: bool, *, uses_image: bool, topic: str) -> Ques
 
 
 def presence_question(rng: np.random.Generator, template: str, present: Sequence[str],
-                      absent: Sequence[str], *, topic: str) -> QuestionTemplate:
-    """Ask about one finding in the image, choosing 'yes' or 'no' at random so the domain's
-    yes/no answers stay balanced whatever the case shows."""
-    want_yes = bool(present) and (not absent or bool(rng.random() < 0.5))
+                      absent: Sequence[str], *, topic: str, yes_share: float = 0.5) -> QuestionTemplate:
+    """Ask about one finding in the image: a present one with probability `yes_share` (when the
+    case has any), else an absent one. Domains where some cases show nothing raise `yes_share`
+    for the others so that the domain's answers stay balanced."""
+    want_yes = bool(present) and (not absent or bool(rng.random() < yes_share))
     pool = present if want_yes else absent
     name = pool[int(rng.integers(len(pool)))]
     return yes_no(template.format(name), want_yes, uses_image=True, topic=topic)
@@ -440,7 +441,8 @@ def _new_patient(rng: np.random.Generator, diagnosis: str, index: int, used_hand
     return p
 
 
-def _questions(rng: np.random.Generator, p: dict, all_follow_ups: list[str]) -> list[QuestionTemplate]:
+def _questions(rng: np.random.Generator, p: dict, all_follow_ups: list[str], yes_share: float,
+               ) -> list[QuestionTemplate]:
     diagnosis, handle = p["diagnosis"], "the " + p["handle"]
     label = DIAGNOSES[diagnosis]
     others = [d for d in DIAGNOSES.values() if d != label]
@@ -454,7 +456,8 @@ def _questions(rng: np.random.Generator, p: dict, all_follow_ups: list[str]) -> 
                         uses_image=True, topic="diagnosis"),
         yes_no(f"Is {img} of a {asked_eye} eye?", asked_eye == p["eye"], uses_image=True,
                topic="laterality"),
-        presence_question(rng, "Does " + img + " show {}?", present, absent, topic="lesion_presence"),
+        presence_question(rng, "Does " + img + " show {}?", present, absent, topic="lesion_presence",
+                          yes_share=yes_share),
         multiple_choice(rng, f"What follow-up was recommended for the patient in {img}?", p["follow_up"],
                         all_follow_ups, uses_image=True, topic="follow_up"),
         multiple_choice(rng, f"What was recorded as the impression for {handle}?", label, others,
@@ -828,12 +831,14 @@ class FundusGenerator:
                 p["key"] = f"{diagnosis}_{i + 1:02d}"
                 patients.append(p)
         follow_ups = sorted({p["follow_up"] for p in patients})
+        # Normal fundi show no lesion, so lesion questions about the others lean to "yes".
+        yes_share = min(1.0, 0.5 * len(patients) / sum(bool(_present_lesions(p)) for p in patients))
         cases = []
         for p in patients:
             source = {"glaucoma": SOURCE_GLAUCOMA, "papilledema": SOURCE_PAPILLEDEMA}.get(p["diagnosis"], SOURCE_DR)
             cases.append(SampleCase(
                 key=p["key"], title=_title(p), text=_report(p, p["diagnosis"]), source=source,
-                params=p, questions=_questions(rng, p, follow_ups),
+                params=p, questions=_questions(rng, p, follow_ups, yes_share),
                 metadata={"diagnosis": DIAGNOSES[p["diagnosis"]], "eye": p["eye"], "age": p["age"],
                           "sex": p["sex"]}))
         return cases

@@ -776,6 +776,8 @@ def _facts_normal_colon(rng: np.random.Generator, p: dict, index: int) -> None:
                                "a change in bowel habit and a normal-looking colonoscopy",
                                "iron-deficiency anaemia and a normal colonoscopy"])
     p["iel"] = int(rng.integers(3, 15))
+    p["gross"] = (f"{int(rng.integers(2, 6))} pale tan mucosal fragments, up to {int(rng.integers(2, 5))} mm, "
+                  "all embedded.")
     p["micro"] = ("Colonic mucosa with regularly spaced, test-tube-like crypts rich in goblet cells, showing normal "
                   "gland formation; the lamina propria has a normal complement of lymphocytes and plasma cells. "
                   f"Intraepithelial lymphocytes number {p['iel']} per 100 epithelial cells; the subepithelial "
@@ -804,6 +806,7 @@ def _facts_normal_liver(rng: np.random.Generator, p: dict, index: int) -> None:
         ("percutaneous core needle biopsy", "abnormal liver tests on methotrexate"),
         ("donor liver assessment biopsy", "assessment before living liver donation")])
     p["fibrosis"] = 0
+    p["gross"] = f"A tan-brown core of liver {int(rng.integers(14, 26))} mm long, all embedded."
     p["micro"] = ("Liver with intact lobular architecture: hepatocyte plates one cell thick radiate from the central "
                   "veins, separated by sinusoids; portal tracts contain a bile duct, artery and vein with no "
                   "interface hepatitis. Steatosis is under 5%. Perls and reticulin stains are normal.")
@@ -817,6 +820,7 @@ def _facts_steatosis(rng: np.random.Generator, p: dict, index: int) -> None:
     p["grade"] = f"steatosis grade S{1 if p['fat_percent'] <= 33 else 2 if p['fat_percent'] <= 66 else 3}"
     p["fibrosis"] = int(rng.integers(0, 3))
     p["specimen"] = "percutaneous core needle biopsy"
+    p["gross"] = f"A pale yellow core of liver {int(rng.integers(14, 26))} mm long that floats in formalin."
     p["history"], p["follow_up"] = _pick(rng, [
         (f"type 2 diabetes and a body-mass index of {int(rng.integers(31, 44))}",
          "Correlate with metabolic risk factors; lifestyle modification and repeat elastography in 12 months"),
@@ -838,7 +842,8 @@ def _facts_lymph_node(rng: np.random.Generator, p: dict, index: int) -> None:
     p["node_size"] = int(rng.integers(8, 30))
     p["history"] = ("breast cancer staging" if sentinel
                     else f"a {p['node_size']} mm node enlarging for {int(rng.integers(3, 10))} weeks")
-    p["micro"] = (f"A {p['node_size']} mm lymph node with preserved architecture: secondary lymphoid follicles with "
+    p["gross"] = f"A {p['node_size']} mm ovoid node with a tan, homogeneous cut surface, bisected and embedded."
+    p["micro"] = ("A lymph node with preserved architecture: secondary lymphoid follicles with "
                   "reactive germinal centres and tingible-body macrophages, open subcapsular and medullary sinuses "
                   "containing histiocytes. No metastatic carcinoma on H&E and cytokeratin stains; no granulomas.")
     p["diagnosis_text"] = f"{DIAGNOSES['lymph_node']} with follicular hyperplasia; negative for malignancy (0/1)"
@@ -865,6 +870,8 @@ def _facts_colon_adenocarcinoma(rng: np.random.Generator, p: dict, index: int) -
     nodes, positive = int(rng.integers(14, 30)), int(rng.integers(0, 4))
     _margin(rng, p, index % 2 == 1, "circumferential")
     glands = {1: "extensive", 2: "partial", 3: "scanty, with solid sheets"}[grade]
+    p["gross"] = (f"A {int(rng.integers(180, 320))} mm length of bowel with an ulcerated, raised-edged tumour "
+                  f"{p['size_mm']} mm across.")
     p["micro"] = ("Invasive adenocarcinoma composed of irregular, angulated and fused glands lined by stratified "
                   "columnar cells with enlarged, hyperchromatic, elongated nuclei showing "
                   f"{'moderate' if grade < 3 else 'marked'} nuclear pleomorphism; gland formation is {glands}. "
@@ -892,6 +899,7 @@ def _facts_breast_idc(rng: np.random.Generator, p: dict, index: int) -> None:
     p["size_mm"] = int(rng.integers(8, 42))
     p["mitoses"] = int(rng.integers(*{1: (2, 8), 2: (10, 18), 3: (20, 40)}[grade]))
     p["mitoses_drawn"] = int(10 + 3 * p["mitoses"])
+    p["gross"] = f"A firm, stellate, grey-white tumour {p['size_mm']} mm across that is gritty to cut."
     _margin(rng, p, index % 2 == 0, _pick(rng, ["superior", "anterior", "posterior", "medial"]))
     p["micro"] = ("Invasive carcinoma of no special type forming tumour cell nests, cords and "
                   f"{ {1: 'frequent', 2: 'occasional', 3: 'rare'}[grade]} tubules in a desmoplastic stroma. Nuclear "
@@ -920,6 +928,7 @@ def _facts_scc(rng: np.random.Generator, p: dict, index: int) -> None:
     p["size_mm"] = int(rng.integers(9, 48))
     p["depth_mm"] = round(float(rng.uniform(2, 14)), 1)
     p["mitoses"] = int(rng.integers(4, 12) + 6 * grade)
+    p["gross"] = f"An ulcerated, indurated tumour {p['size_mm']} mm across with a white, keratotic cut surface."
     _margin(rng, p, index % 2 == 1, "deep")
     p["micro"] = ("Invasive squamous cell carcinoma forming irregular tumour cell nests of large polygonal cells with "
                   "abundant eosinophilic cytoplasm, intercellular bridges and keratin pearls; peripheral cells are "
@@ -945,6 +954,8 @@ def _facts_granuloma(rng: np.random.Generator, p: dict, index: int) -> None:
         ("skin of the shin", "punch biopsy", "violaceous plaques on the shins and bilateral hilar lymphadenopathy"),
     ])
     p["granuloma_count"] = int(rng.integers(4, 20))
+    p["gross"] = (f"{int(rng.integers(2, 6))} cores of grey-white tissue up to {int(rng.integers(8, 20))} mm"
+                  + (", with creamy, cheese-like areas." if caseating else ", without necrosis."))
     p["zn_positive"] = int(caseating and index == 0)
     if rng.random() < 0.6:  # one large granuloma in the field, or two smaller ones
         centre = [round(float(v), 1) for v in rng.uniform(-25, 25, 2)]
@@ -971,15 +982,17 @@ def _facts_acute_inflammation(rng: np.random.Generator, p: dict, index: int) -> 
     appendix = index != 1
     p["site"] = "appendix" if appendix else "gallbladder"
     p["specimen"] = "appendicectomy" if appendix else "cholecystectomy"
-    p["history"] = (f"{int(rng.integers(1, 4))} days of right iliac fossa pain and fever" if appendix
+    p["history"] = (f"{int(rng.integers(2, 5))} days of right iliac fossa pain and fever" if appendix
                     else "right upper quadrant pain, fever and gallstones")
     p["perforated"] = int(index == 2)
     p["length_mm"] = int(rng.integers(45, 95))
-    p["micro"] = (f"The {p['site']} ({p['length_mm']} mm) shows a transmural infiltrate of neutrophils through the "
+    p["gross"] = (f"A {p['length_mm']} mm {p['site']} with a dull, congested serosa coated by fibrinous exudate"
+                  + (" and a perforation." if p["perforated"] else "."))
+    p["micro"] = (f"The {p['site']} shows a transmural infiltrate of neutrophils through the "
                   "oedematous wall and muscularis propria, with mucosal ulceration, fibrinopurulent serositis and "
                   "congested vessels"
                   + (", and a perforation with a periappendiceal abscess." if p["perforated"] else "; no perforation.")
-                  + " No dysplasia or malignancy.")
+                  + " Pus fills the lumen; eosinophils and lymphocytes are scattered. No dysplasia or malignancy.")
     p["diagnosis_text"] = (f"{DIAGNOSES['acute_inflammation']} of the {p['site']} "
                            + ("(acute appendicitis)" if appendix else "(acute cholecystitis)"))
     p["follow_up"] = "No further pathology follow-up; findings explain the clinical presentation"
@@ -995,6 +1008,8 @@ def _facts_necrosis(rng: np.random.Generator, p: dict, index: int) -> None:
         ("sigmoid colon", "sigmoid colectomy", "ischaemic colitis after aortic aneurysm repair")])
     p["necrotic_mm"] = int(rng.integers(30, 160))
     p["viable_margins"] = int(index == 0)
+    p["gross"] = (f"A {p['necrotic_mm'] + int(rng.integers(30, 90))} mm length of dusky, purple-black bowel "
+                  "with a thin, friable wall.")
     p["micro"] = ("Extensive transmural coagulative necrosis: ghost outlines of cells and glands persist, with "
                   "hypereosinophilic cytoplasm, loss of nuclei and scattered karyorrhectic nuclear dust, over "
                   f"{p['necrotic_mm']} mm; a rim of neutrophils marks the junction with viable tissue. "
@@ -1030,6 +1045,7 @@ def _handle(p: dict) -> str:
 def _report(p: dict) -> str:
     lines = [f"Clinical details: {_handle(p)}.",
              f"Specimen: {p['specimen']}, {p['site']}.",
+             f"Macroscopy: {p['gross']}",
              f"Microscopy: {p['micro']}",
              f"Diagnosis: {p['diagnosis_text']}."]
     if "margin" in p:
@@ -1052,7 +1068,9 @@ def _questions(rng: np.random.Generator, p: dict, vocabulary: dict[str, list[str
         multiple_choice(rng, f"What is the diagnosis for the tissue in {img}?", label, others,
                         uses_image=True, topic="diagnosis"),
         presence_question(rng, "Does " + img + " show {}?", present, absent, topic="feature_presence"),
-        yes_no(f"Is the lesion in {img} malignant?", diagnosis in MALIGNANT, uses_image=True, topic="malignancy"),
+        yes_no(f"Is the lesion in {img} malignant?", diagnosis in MALIGNANT, uses_image=True, topic="malignancy")
+        if rng.random() < 0.5 else
+        yes_no(f"Is the tissue in {img} benign?", diagnosis not in MALIGNANT, uses_image=True, topic="malignancy"),
         multiple_choice(rng, f"From which site was the specimen in {img} taken?", p["site"], vocabulary["site"],
                         uses_image=True, topic="site"),
         multiple_choice(rng, f"What did the pathologist recommend for the specimen in {img}?", p["follow_up"],
@@ -1109,9 +1127,10 @@ def _specific_questions(rng: np.random.Generator, p: dict, handle: str) -> list[
         qs.append(multiple_choice(rng, f"How many intraepithelial lymphocytes per 100 epithelial cells were counted "
                                        f"in {handle}?", str(p["iel"]), grid_distractors(p["iel"], 2, 40, 1, 5),
                                   uses_image=False, topic="measurement"))
-        qs.append(yes_no(f"Was dysplasia found in {handle}?", False, uses_image=False, topic="finding"))
+        qs.append(yes_no(f"Was the biopsy of {handle} free of dysplasia?", True, uses_image=False, topic="finding"))
     elif d == "lymph_node":
-        qs.append(yes_no(f"Was metastatic carcinoma found in {handle}?", False, uses_image=False, topic="finding"))
+        qs.append(yes_no(f"Was the lymph node of {handle} negative for malignancy?", True, uses_image=False,
+                         topic="finding"))
         qs.append(multiple_choice(rng, f"What size was the lymph node of {handle}?", f"{p['node_size']} mm",
                                   grid_distractors(p["node_size"], 5, 40, 1, 4, "{:g} mm"), uses_image=False,
                                   topic="measurement"))
