@@ -234,28 +234,63 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 # --- demo -----------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rag.corpus import format_problems, validate_corpus, validate_qa
-    from rag.sample_corpus.build import build_sample_corpus, summary_table, SampleSummary
+    """Sample corpus -> validated -> default index -> evidence for a few test questions."""
+    from rag.corpus import format_problems, read_qa, validate_corpus, validate_qa
+    from rag.index_build import IndexSpec, build_index, bundle_info
+    from rag.retriever import Retriever
+    from rag.sample_corpus.build import SampleSummary, build_sample_corpus, summary_table
 
-    out = Path(args.corpus_dir)
     started = time.perf_counter()
-    if not (out / "summary.json").is_file() or args.rebuild:
-        print(f"Building the sample corpus in {out} …")
-        summary = build_sample_corpus(out, seed=args.seed)
+    spec = IndexSpec.from_file(args.spec)
+    corpus_dir = Path(spec.corpus).parent
+    if args.rebuild or not (corpus_dir / "summary.json").is_file():
+        print(f"[1/4] building the sample corpus in {corpus_dir} …")
+        summary = build_sample_corpus(corpus_dir, seed=spec.sample_seed)
     else:
-        print(f"Using the cached sample corpus in {out} (--rebuild to regenerate)")
-        data = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        summary = SampleSummary(out_dir=str(out), seed=data["seed"], seconds=data["seconds"],
-                                documents=data["documents"], images=data["images"],
-                                query_images=data["query_images"], qa=data["qa"])
+        print(f"[1/4] using the cached sample corpus in {corpus_dir} (--rebuild to regenerate)")
+        data = json.loads((corpus_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = SampleSummary(**{k: data[k] for k in ("out_dir", "seed", "seconds", "documents", "images",
+                                                          "query_images", "qa")})
     print(summary_table(summary))
-    for report in (validate_corpus(out / "corpus.jsonl"), validate_corpus(out / "corpus_added.jsonl"),
-                   validate_qa(out / "qa.jsonl")):
-        print(f"validate {report.path}: {report.records} records, "
-              + ("no problems" if report.ok else format_problems(report, limit=10)))
+
+    print("[2/4] validating")
+    for report in (validate_corpus(corpus_dir / "corpus.jsonl"), validate_corpus(corpus_dir / "corpus_added.jsonl"),
+                   validate_qa(corpus_dir / "qa.jsonl")):
+        print(f"  {report.path}: {report.records} records, " + ("no problems" if report.ok else "PROBLEMS"))
         if not report.ok:
+            print(format_problems(report, limit=10), file=sys.stderr)
             return 1
-    print(f"demo finished in {time.perf_counter() - started:.1f} s")
+
+    index_dir = Path(spec.out)
+    if args.rebuild or not (index_dir / "CURRENT").is_file():
+        print(f"[3/4] building the default index in {index_dir} …")
+        build_index(spec.corpus, index_dir, spec=spec, qa=spec.qa)
+    else:
+        print(f"[3/4] using the cached index in {index_dir}")
+    _print_info(bundle_info(index_dir))
+
+    print("[4/4] retrieving evidence for test questions")
+    retriever = Retriever.load(index_dir)
+    tests = [q for q in read_qa(corpus_dir / "qa.jsonl") if q.split == "test"]
+    shown = set()
+    for item in tests:
+        key = (item.domain, bool(item.image))
+        if key in shown or len(shown) >= args.questions:
+            continue
+        shown.add(key)
+        image = str(corpus_dir / item.image) if item.image else None
+        result = retriever.retrieve(item.question, image=image, k=5)
+        kept, selection = retriever.select(result)
+        r = result.routing
+        print(f"\nQ [{item.domain}{', with image ' + item.image if image else ''}]: {item.question}")
+        print(f"  routed to {r.domain} ({r.confidence:.2f}, {r.mode}); {result.timings['total'] * 1000:.0f} ms; "
+              f"gold document {item.doc_id}")
+        for i, hit in enumerate(result.hits, 1):
+            mark = "*" if i <= selection.k else " "
+            gold = "  <- gold" if hit.doc.id == item.doc_id else ""
+            print(f"  {mark}[{i}] {hit.score:.4f} {hit.doc.id:<30} {hit.doc.title[:50]}{gold}")
+        print(f"  selection: keep {selection.k} — {selection.reason}")
+    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -364,9 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_retrieval)
 
-    p = commands.add_parser("demo", help="the main job on offline defaults: build the sample corpus and show it")
-    p.add_argument("--corpus-dir", default=str(DEFAULT_SAMPLE_DIR))
-    p.add_argument("--seed", type=int, default=0)
+    p = commands.add_parser("demo", help="the main job on offline defaults: sample corpus, default index, evidence")
+    p.add_argument("--spec", default=str(DEFAULT_SPEC), help="index spec to build and query (default: %(default)s)")
+    p.add_argument("--questions", type=int, default=6, help="how many test questions to show")
     p.add_argument("--rebuild", action="store_true", help="regenerate cached artefacts")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -108,7 +108,7 @@ def parse_jsonl_line(path: Path, number: int, raw: bytes) -> tuple[dict[str, Any
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, Problem(str(path), number, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
+        return None, Problem(str(path), number, None, f"malformed JSON: {exc.msg.removesuffix(' at')} (column {exc.colno})")
     if not isinstance(record, dict):
         return None, Problem(str(path), number, None, "line is JSON but not an object")
     return record, None

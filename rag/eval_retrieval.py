@@ -66,7 +66,8 @@ def evaluate_retrieval(retriever: Retriever, questions: list[QAItem], qa_dir: Pa
     questions = [q for q in questions if q.doc_id in number_of]
     # warm-up, so the first timed query does not pay one-off costs (BM25 build, thread pools)
     if questions:
-        retriever.retrieve(questions[0].question, k=k)
+        first = questions[0]
+        retriever.retrieve(first.question, image=str(qa_dir / first.image) if first.image else None, k=k)
     results: dict[str, Any] = {}
     for system in systems:
         groups: dict[str, tuple[list, list, list]] = defaultdict(lambda: ([], [], []))

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-import numpy as np
 from safetensors.torch import load_file, save_file
 
 from finetune.heads import Aligner, DomainRouter

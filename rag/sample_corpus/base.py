@@ -8,6 +8,7 @@ the domain modules own the medicine: what a case says, what it looks like, what 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -85,3 +86,42 @@ def photo_variant(img: Image.Image, rng: np.random.Generator, *, max_rotate: flo
     arr = np.asarray(out, dtype=np.float32)
     arr = arr + rng.normal(0, float(rng.uniform(*noise_sd)), size=arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Question helpers shared by the domain modules
+
+def multiple_choice(rng: np.random.Generator, question: str, answer: str,
+                    distractors: Sequence[str], *, uses_image: bool, topic: str) -> QuestionTemplate:
+    """A four-option question: the answer and three distinct distractors, in random order."""
+    pool = [d for d in dict.fromkeys(distractors) if d != answer]
+    if len(pool) < 3:
+        raise ValueError(f"need three distractors for {question!r}, got {pool}")
+    options = [pool[i] for i in rng.choice(len(pool), size=3, replace=False)] + [answer]
+    options = [options[i] for i in rng.permutation(4)]
+    return QuestionTemplate(question, answer, options, uses_image, "multiple_choice", topic)
+
+
+def yes_no(question: str, answer: bool, *, uses_image: bool, topic: str) -> QuestionTemplate:
+    return QuestionTemplate(question, "yes" if answer else "no", ["yes", "no"], uses_image,
+                            "yes_no", topic)
+
+
+def presence_question(rng: np.random.Generator, template: str, present: Sequence[str],
+                      absent: Sequence[str], *, topic: str, yes_share: float = 0.5) -> QuestionTemplate:
+    """Ask about one finding in the image: a present one with probability `yes_share` (when the
+    case has any), else an absent one. Domains where some cases show nothing raise `yes_share`
+    for the others so that the domain's answers stay balanced."""
+    want_yes = bool(present) and (not absent or bool(rng.random() < yes_share))
+    pool = present if want_yes else absent
+    name = pool[int(rng.integers(len(pool)))]
+    return yes_no(template.format(name), want_yes, uses_image=True, topic=topic)
+
+
+def grid_distractors(answer: float, low: float, high: float, step: float, min_gap: float,
+                     fmt: str = "{:g}") -> list[str]:
+    """Numeric distractors on the answer's own grid (so no option stands out by its format),
+    at least `min_gap` away from the answer."""
+    count = int(round((high - low) / step)) + 1
+    values = (round(low + i * step, 6) for i in range(count))
+    return [fmt.format(v) for v in values if abs(v - answer) >= min_gap - 1e-9]

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .base import IMAGE_SIZE, QuestionTemplate, SampleCase, photo_variant
+from .base import (IMAGE_SIZE, QuestionTemplate, SampleCase, grid_distractors, multiple_choice, photo_variant,
+                   presence_question, yes_no)
 
 FIELD_R = 104.0  # radius of the camera's circular field in the output image, pixels
 CONTENT = 256  # the retina is rendered on a larger canvas so rotation and zoom never run out of it
@@ -59,47 +60,8 @@ LESIONS = ("microaneurysms", "dot-blot haemorrhages", "hard exudates", "cotton-w
 SNELLEN = ("6/5", "6/6", "6/9", "6/12", "6/18", "6/24", "6/36", "6/60")
 
 
-# ---------------------------------------------------------------------------------------------
-# Question helpers (shared with the pathology domain)
-
-def multiple_choice(rng: np.random.Generator, question: str, answer: str,
-                    distractors: Sequence[str], *, uses_image: bool, topic: str) -> QuestionTemplate:
-    """A four-option question: the answer and three distinct distractors, in random order."""
-    pool = [d for d in dict.fromkeys(distractors) if d != answer]
-    if len(pool) < 3:
-        raise ValueError(f"need three distractors for {question!r}, got {pool}")
-    options = [pool[i] for i in rng.choice(len(pool), size=3, replace=False)] + [answer]
-    options = [options[i] for i in rng.permutation(4)]
-    return QuestionTemplate(question, answer, options, uses_image, "multiple_choice", topic)
-
-
-def yes_no(question: str, answer: bool, *, uses_image: bool, topic: str) -> QuestionTemplate:
-    return QuestionTemplate(question, "yes" if answer else "no", ["yes", "no"], uses_image,
-                            "yes_no", topic)
-
-
-def presence_question(rng: np.random.Generator, template: str, present: Sequence[str],
-                      absent: Sequence[str], *, topic: str, yes_share: float = 0.5) -> QuestionTemplate:
-    """Ask about one finding in the image: a present one with probability `yes_share` (when the
-    case has any), else an absent one. Domains where some cases show nothing raise `yes_share`
-    for the others so that the domain's answers stay balanced."""
-    want_yes = bool(present) and (not absent or bool(rng.random() < yes_share))
-    pool = present if want_yes else absent
-    name = pool[int(rng.integers(len(pool)))]
-    return yes_no(template.format(name), want_yes, uses_image=True, topic=topic)
-
-
 def _num(value: float) -> str:
     return f"{value:g}"
-
-
-def grid_distractors(answer: float, low: float, high: float, step: float, min_gap: float,
-                     fmt: str = "{:g}") -> list[str]:
-    """Numeric distractors on the answer's own grid (so no option stands out by its format),
-    at least `min_gap` away from the answer."""
-    count = int(round((high - low) / step)) + 1
-    values = (round(low + i * step, 6) for i in range(count))
-    return [fmt.format(v) for v in values if abs(v - answer) >= min_gap - 1e-9]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,8 +458,12 @@ def _questions(rng: np.random.Generator, p: dict, all_follow_ups: list[str], yes
             else:
                 qs.append(multiple_choice(rng, f"What intraocular pressure was measured in {handle}?",
                                           f"{p['iop']} mmHg", iops, uses_image=False, topic="measurement"))
-            qs.append(yes_no(f"Was diabetic macular oedema reported for {handle}?", p["dme"] != "absent",
-                             uses_image=False, topic="dme"))
+            if rng.random() < 0.5:
+                qs.append(yes_no(f"Was diabetic macular oedema reported for {handle}?", p["dme"] != "absent",
+                                 uses_image=False, topic="dme"))
+            else:
+                qs.append(yes_no(f"Was the macula reported free of diabetic macular oedema for {handle}?",
+                                 p["dme"] == "absent", uses_image=False, topic="dme"))
     return qs
 
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from rag.sample_corpus.base import IMAGE_SIZE, QuestionTemplate, SampleCase, photo_variant
 # The question helpers are shared by the sample domains; they live with the first domain that had them.
-from rag.sample_corpus.fundus import multiple_choice, yes_no
+from rag.sample_corpus.base import multiple_choice, yes_no
 
 SOURCE = ("Maciocia, Tongue Diagnosis in Chinese Medicine, 2nd ed. (Eastland Press, 1995); formulas "
           "after Bensky & Barolet, Chinese Herbal Medicine: Formulas & Strategies; "
