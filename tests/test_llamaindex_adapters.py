@@ -16,7 +16,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, Te
 from rag.corpus import QAItem, read_qa
 from rag.index_bundle import load_bundle
 from rag.llamaindex_adapters import AdaptiveSelectionPostprocessor, MedRAGRetriever, as_query_engine
-from rag.retriever import Retriever
+from rag.retriever import RetrievalResult, Retriever
 from rag.selection import RULES, SelectionConfig, select
 
 
@@ -52,47 +52,62 @@ def image_path(corpus: Path, item: QAItem) -> str:
     return str(corpus / item.image)
 
 
-def test_retriever_reproduces_core_ranking(retriever: Retriever, questions: list[QAItem], small_corpus: Path) -> None:
+@pytest.fixture(scope="module")
+def text_runs(retriever: Retriever, questions: list[QAItem]) -> list[tuple[list[NodeWithScore], RetrievalResult]]:
+    """Each question asked through the adapter and through the core, text only, k = 10."""
+    adapter = MedRAGRetriever(retriever, k=10)
+    return [(adapter.retrieve(q.question), retriever.retrieve(q.question, k=10)) for q in questions]
+
+
+def assert_same_ranking(nodes: list[NodeWithScore], result: RetrievalResult) -> None:
+    assert [n.node.node_id for n in nodes] == [h.doc.id for h in result.hits]
+    assert [n.score for n in nodes] == [h.score for h in result.hits]
+    first, hit = nodes[0].node, result.hits[0]
+    assert first.metadata["routed_domain"] == result.routing.domain
+    assert first.metadata["routing_confidence"] == result.routing.confidence
+    assert first.metadata["ranks"] == hit.ranks
+    assert first.metadata["images"] == hit.doc.images
+    llm_text = first.get_content(MetadataMode.LLM)
+    assert hit.doc.title in llm_text and f"domain: {hit.doc.domain}" in llm_text
+    assert "images" not in llm_text and "routing_confidence" not in llm_text
+    assert first.get_content(MetadataMode.EMBED) == f"{hit.doc.title}\n{hit.doc.text}"
+
+
+def test_retriever_reproduces_core_ranking(text_runs) -> None:
+    for nodes, result in text_runs:
+        assert_same_ranking(nodes, result)
+
+
+def test_retriever_reproduces_core_ranking_with_an_image(retriever: Retriever, questions: list[QAItem],
+                                                         small_corpus: Path) -> None:
     adapter = MedRAGRetriever(retriever, k=5)
-    for item in questions:
+    for item in (questions[0], questions[-1]):  # one per domain
         image = image_path(small_corpus, item)
-        for bundle, kwargs in [(QueryBundle(item.question), {"question": item.question}),
-                               (QueryBundle(item.question, image_path=image), {"question": item.question, "image": image}),
-                               (QueryBundle("", image_path=image), {"image": image})]:
-            nodes = adapter.retrieve(bundle)
-            result = retriever.retrieve(k=5, **kwargs)
-            assert [n.node.node_id for n in nodes] == [h.doc.id for h in result.hits]
-            assert [n.score for n in nodes] == [h.score for h in result.hits]
-            assert adapter.last_result.routing.domain == result.routing.domain
-            first, hit = nodes[0].node, result.hits[0]
-            assert first.metadata["routed_domain"] == result.routing.domain
-            assert first.metadata["routing_confidence"] == result.routing.confidence
-            assert first.metadata["ranks"] == hit.ranks
-            assert first.metadata["images"] == hit.doc.images
-            llm_text = first.get_content(MetadataMode.LLM)
-            assert hit.doc.title in llm_text and f"domain: {hit.doc.domain}" in llm_text
-            assert "images" not in llm_text and "routing_confidence" not in llm_text
-            assert first.get_content(MetadataMode.EMBED) == f"{hit.doc.title}\n{hit.doc.text}"
+        nodes = adapter.retrieve(QueryBundle(item.question, image_path=image))
+        assert_same_ranking(nodes, retriever.retrieve(item.question, image=image, k=5))
+        assert adapter.last_result.channels == ["text", "bm25", "joint", "image"]
+        nodes = adapter.retrieve(QueryBundle("", image_path=image))  # the image alone
+        assert_same_ranking(nodes, retriever.retrieve(image=image, k=5))
+        assert adapter.last_result.channels == ["joint", "image"]
 
 
 def test_retriever_passes_domains_and_channels(retriever: Retriever, questions: list[QAItem]) -> None:
-    item = questions[0]  # a tongue question, searched in radiology with the dense text channel only
-    nodes = MedRAGRetriever(retriever, k=5, domains=["radiology"], channels=["text"]).retrieve(item.question)
+    item = questions[-1]  # a radiology question, searched there with BM25 alone
+    nodes = MedRAGRetriever(retriever, k=5, domains=["radiology"], channels=["bm25"]).retrieve(item.question)
     assert len(nodes) == 5 and all(n.node.metadata["domain"] == "radiology" for n in nodes)
-    assert all(set(n.node.metadata["ranks"]) == {"text"} for n in nodes)
+    assert all(set(n.node.metadata["ranks"]) == {"bm25"} for n in nodes)
     assert nodes[0].node.metadata["routing_mode"] == "given"
 
 
 @pytest.mark.parametrize("rule", [None, *RULES])
-def test_postprocessor_keeps_what_select_keeps(retriever: Retriever, questions: list[QAItem], rule: str | None) -> None:
+def test_postprocessor_keeps_what_select_keeps(retriever: Retriever, text_runs, rule: str | None) -> None:
     config = retriever.bundle.selection
     post = AdaptiveSelectionPostprocessor(config, rule=rule)
-    for item in questions:
-        nodes = MedRAGRetriever(retriever, k=10).retrieve(item.question)
+    for nodes, result in text_runs:
         before = [dict(n.node.metadata) for n in nodes]
-        kept = post.postprocess_nodes(nodes, query_str=item.question)
+        kept = post.postprocess_nodes(nodes)
         expected = select([n.score for n in nodes], config, rule=rule)
-        core_hits, core_selection = retriever.select(retriever.retrieve(item.question, k=10), rule=rule)
+        core_hits, core_selection = retriever.select(result, rule=rule)
         assert post.last_selection == expected == core_selection
         assert [n.node.node_id for n in kept] == [n.node.node_id for n in nodes[:expected.k]] == \
                [h.doc.id for h in core_hits]
