@@ -171,7 +171,8 @@ class Retriever:
         text_features, image_features, per_channel = self.search_channels(question, image, available, domains,
                                                                            filters, depth, timings)
         t = time.perf_counter()
-        fused = self._fuse(per_channel, self.fusion_weights(question, image))
+        # Calibrated weights are for the full channel mix; a caller who names channels gets them equally.
+        fused = self._fuse(per_channel, {} if channels else self.fusion_weights(question, image))
         timings["fuse"] = time.perf_counter() - t
         t = time.perf_counter()
         route = self.route(image_features, text_features, fused)

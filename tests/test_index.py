@@ -67,6 +67,9 @@ def test_filters_domains_and_channels(small_corpus: Path, retriever: Retriever) 
     split = retriever.bundle.docs[image_only.hits[0].doc_number].metadata["split"]
     filtered = retriever.retrieve(item.question, image=image, filters={"split": split})
     assert filtered.hits and all(h.doc.metadata["split"] == split for h in filtered.hits)
+    # a channel the calibrated mix weighs at 0 still answers when asked for by name
+    for channel in ("text", "bm25"):
+        assert retriever.retrieve(item.question, channels=[channel]).hits
     with pytest.raises(ValueError, match="unknown domain"):
         retriever.retrieve("x", domains=["dermatology"])
     with pytest.raises(ValueError, match="need a"):

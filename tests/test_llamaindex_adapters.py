@@ -20,18 +20,23 @@ from rag.retriever import RetrievalResult, Retriever
 from rag.selection import RULES, SelectionConfig, select
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail loudly if llama-index resolves a default LLM or embedding model, or anything opens a socket."""
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    """Fail loudly if llama-index resolves a default LLM or embedding model, or anything opens a socket.
+
+    Module-scoped so that it already guards the module-scoped retrievals below.
+    """
     def refuse(*args, **kwargs):
         raise AssertionError(f"tried to reach a default model or the network: {args[1:] or args}")
 
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.setattr(Settings, "_llm", None)
-    monkeypatch.setattr(Settings, "_embed_model", None)
-    monkeypatch.setattr(llama_settings, "resolve_llm", refuse)
-    monkeypatch.setattr(llama_settings, "resolve_embed_model", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("OPENAI_API_KEY", raising=False)
+        patch.setattr(Settings, "_llm", None)
+        patch.setattr(Settings, "_embed_model", None)
+        patch.setattr(llama_settings, "resolve_llm", refuse)
+        patch.setattr(llama_settings, "resolve_embed_model", refuse)
+        patch.setattr(socket.socket, "connect", refuse)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +162,6 @@ def test_query_engine_answers_with_the_selected_evidence(retriever: Retriever, q
 def test_query_engine_needs_an_explicit_llm(retriever: Retriever) -> None:
     with pytest.raises(ValueError, match="needs an llm"):
         as_query_engine(retriever, llm=None)
+    # Why: without one llama-index resolves its default (OpenAI), which the guard above refuses.
+    with pytest.raises(AssertionError, match="default model"):
+        RetrieverQueryEngine.from_args(retriever=MedRAGRetriever(retriever))
