@@ -286,7 +286,9 @@ def calibrate_bundle(retriever, val: list[QAItem], corpus_dir: Path, qa_dir: Pat
 
     bundle = retriever.bundle
     if not val:
-        bundle.selection = calibrate([], [], alpha=spec.alpha, delta=spec.delta, k_max=spec.k_max)
+        # Nothing to calibrate on: keep everything retrieved (fixed k = k_max) and say so.
+        bundle.selection = SelectionConfig(rule="fixed", k=spec.k_max, k_max=spec.k_max, alpha=spec.alpha,
+                                           delta=spec.delta, calibration={"n": 0, "note": "no val questions"})
         bundle.manifest["routing"] = {"threshold": 0.5, "calibrated_on": 0}
         return
     fusion = calibrate_fusion(retriever, val, qa_dir, progress=progress)
