@@ -1,0 +1,173 @@
+"""`MedRAG`: the query path of DESIGN §5 in one object.
+
+    route -> retrieve (RRF over the channels) -> select (adaptive k) -> prompt with numbered
+    evidence -> generate or score the options -> cite -> Answer
+
+It abstains ("the evidence does not answer this") instead of guessing when retrieval is weak: when
+nothing survives selection, or when the best kept item is not close to the query in any dense
+channel (question->text cosine, image->image cosine). Every answer that uses evidence cites at least
+one evidence item: the model's own [n] markers when it writes them, otherwise the kept items whose
+text states the answer (marked `how="attributed"`, so an evaluation can tell the two apart).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.encoders import ImageInput, load_rgb
+from rag.generator import Generator, create_generator
+from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, match_option, parse_citations, snippet,
+                        supporting_evidence)
+from rag.retriever import Hit, Retriever
+from rag.vlm import DEFAULT_VLM
+
+# Minimum dense similarity of the best kept evidence for the system to answer. Measured on the sample
+# index's val questions (benchmarks/latency.py prints the distributions): answerable questions reach
+# question->text cosine >= 0.30 or image->image cosine >= 0.75 in 98% of cases, while off-topic
+# questions and unrelated images stay below both.
+MIN_TEXT_SIMILARITY = 0.30
+MIN_IMAGE_SIMILARITY = 0.75
+MODES = ("auto", "generate", "options")
+
+
+@dataclass
+class Evidence:
+    number: int
+    id: str
+    title: str
+    domain: str
+    score: float
+    image: str | None          # absolute path of the document's first image, for display
+    snippet: str
+
+
+@dataclass
+class Citation:
+    number: int
+    evidence_id: str
+    how: str                   # "model": written by the model as [n]; "attributed": the item states the answer
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    citations: list[Citation]
+    evidence: list[Evidence]
+    domain: str
+    domain_confidence: float
+    abstained: bool
+    mode: str                  # "generate", "options" or "abstain"
+    option: int | None = None  # index of the chosen option for closed questions
+    option_scores: list[float] | None = None
+    selection: str = ""        # why adaptive selection kept this many items
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["timings_ms"] = {k: round(v * 1000, 1) for k, v in data.pop("timings").items()}
+        return data
+
+
+class MedRAG:
+    def __init__(self, retriever: Retriever, generator: Generator, min_text_similarity: float = MIN_TEXT_SIMILARITY,
+                 min_image_similarity: float = MIN_IMAGE_SIMILARITY):
+        self.retriever = retriever
+        self.generator = generator
+        self.min_text_similarity = min_text_similarity
+        self.min_image_similarity = min_image_similarity
+
+    @classmethod
+    def load(cls, index_dir: str | Path, generator: Generator | str = DEFAULT_VLM, device: str | None = None,
+             **kwargs: Any) -> "MedRAG":
+        """Load an index bundle and a generator (by name: the default VLM, a saved folder, or a model id)."""
+        retriever = Retriever.load(index_dir, device=device)
+        if isinstance(generator, str):
+            generator = create_generator(generator, device=device)
+        return cls(retriever, generator, **kwargs)
+
+    def evidence_is_weak(self, kept: list[Hit], question: str, image: Any) -> bool:
+        if not kept:
+            return True
+        best_text = max(h.channel_scores.get("text", -1.0) for h in kept) if question else -1.0
+        best_image = max(h.channel_scores.get("image", -1.0) for h in kept) if image is not None else -1.0
+        return best_text < self.min_text_similarity and best_image < self.min_image_similarity
+
+    def ask(self, question: str, image: ImageInput | None = None, options: list[str] | None = None,
+            mode: str = "auto", k: int | None = None, retrieval: bool = True, abstain: bool = True,
+            max_new_tokens: int = 48) -> Answer:
+        """Answer `question` (about `image`, if given) from retrieved evidence, with citations.
+
+        mode: "options" scores each option by log-probability (closed questions), "generate" writes
+        free text (closed questions are then matched to an option), "auto" picks "options" when
+        options are given. k: keep exactly k items instead of adaptive selection. retrieval=False
+        answers without evidence (the no-retrieval baseline)."""
+        if not question or not question.strip():
+            raise ValueError("ask needs a non-empty question")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "options" and not options:
+            raise ValueError("mode='options' needs options")
+        mode = ("options" if options else "generate") if mode == "auto" else mode
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        picture = load_rgb(image) if image is not None else None
+
+        kept: list[Hit] = []
+        domain, confidence, reason = "", 0.0, "retrieval off"
+        if retrieval:
+            result = self.retriever.retrieve(question, picture, k=max(k or 0, self.retriever.bundle.selection.k_max))
+            timings.update({f"retrieve_{name}": v for name, v in result.timings.items()})
+            domain, confidence = result.routing.domain, result.routing.confidence
+            if k is None:
+                kept, selection = self.retriever.select(result)
+                reason = selection.reason
+            else:
+                kept, reason = result.hits[:k], f"fixed k={k} requested"
+        evidence = [self._evidence(i + 1, hit, question, options) for i, hit in enumerate(kept)]
+        if retrieval and abstain and self.evidence_is_weak(kept, question, picture):
+            timings["total"] = time.perf_counter() - started
+            return Answer(question, ABSTAIN_TEXT, [], evidence, domain, confidence, True, "abstain",
+                          selection=reason, timings=timings)
+
+        prompt = build_prompt(question, [EvidenceText(e.number, e.title, e.snippet) for e in evidence], picture,
+                              options)
+        t = time.perf_counter()
+        chosen, scores = None, None
+        if mode == "options":
+            scores = self.generator.score_options(prompt, options)
+            chosen = max(range(len(options)), key=lambda i: scores[i])
+            text = options[chosen]
+        else:
+            text = self.generator.generate(prompt, max_new_tokens).text
+            chosen = match_option(text, options) if options else None
+        timings["generate"] = time.perf_counter() - t
+        citations = self._cite(text if chosen is None else options[chosen], text, evidence, kept)
+        if citations and mode == "options":
+            text = f"{text} " + "".join(f"[{c.number}]" for c in citations)
+        timings["total"] = time.perf_counter() - started
+        return Answer(question, text, citations, evidence, domain, confidence, False, mode, chosen, scores,
+                      reason, timings)
+
+    @staticmethod
+    def _evidence(number: int, hit: Hit, question: str, options: list[str] | None) -> Evidence:
+        query = question + " " + " ".join(options or [])
+        image = str(hit.doc.images[0]) if hit.doc.images else None
+        return Evidence(number, hit.doc.id, hit.doc.title, hit.doc.domain, hit.score, image,
+                        snippet(hit.doc.text, query))
+
+    @staticmethod
+    def _cite(answer: str, generated: str, evidence: list[Evidence], kept: list[Hit]) -> list[Citation]:
+        if not evidence:
+            return []
+        by_number = {e.number: e for e in evidence}
+        cited = [Citation(n, by_number[n].id, "model") for n in parse_citations(generated, len(evidence))]
+        if cited:
+            return cited
+        texts = [e.title + " " + h.doc.text for e, h in zip(evidence, kept)]
+        numbers = supporting_evidence(answer, [EvidenceText(e.number, e.title, e.snippet) for e in evidence], texts)
+        return [Citation(n, by_number[n].id, "attributed") for n in numbers]
+

@@ -1,0 +1,113 @@
+"""MedRAG.ask end to end on the small index with a tiny VLM: evidence, citations, abstention, modes, CLI."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from rag.corpus import read_qa
+from rag.prompt import ABSTAIN_TEXT, build_prompt, match_option, parse_citations, snippet
+
+
+@pytest.fixture(scope="module")
+def rag(small_index, tiny_vlm_dir, encoders):
+    from rag.generator import create_generator
+    from rag.pipeline import MedRAG
+    from rag.retriever import Retriever
+
+    text, image = encoders
+    return MedRAG(Retriever.load(small_index, text, image), create_generator(str(tiny_vlm_dir)))
+
+
+@pytest.fixture(scope="module")
+def questions(small_corpus):
+    items = [q for q in read_qa(small_corpus / "qa.jsonl") if q.options]
+    with_image = next(q for q in items if q.image)
+    without = next(q for q in items if not q.image)
+    return small_corpus, with_image, without
+
+
+def test_closed_question_scores_options_and_cites_existing_evidence(rag, questions):
+    root, item, _ = questions
+    answer = rag.ask(item.question, image=root / item.image, options=item.options)
+    assert answer.mode == "options" and not answer.abstained
+    assert answer.option is not None and answer.text.startswith(item.options[answer.option])
+    assert len(answer.option_scores) == len(item.options)
+    assert answer.option == max(range(len(item.options)), key=lambda i: answer.option_scores[i])
+    ids = {e.id for e in answer.evidence}
+    assert answer.citations and all(c.evidence_id in ids for c in answer.citations)
+    assert all(f"[{c.number}]" in answer.text for c in answer.citations)
+    assert [e.number for e in answer.evidence] == list(range(1, len(answer.evidence) + 1))
+    assert answer.domain in {"tcm_tongue", "radiology"} and 0 < answer.domain_confidence <= 1
+    assert answer.timings["total"] >= answer.timings["generate"] > 0
+    json.dumps(answer.to_json())
+
+
+def test_generated_answer_is_matched_to_an_option_and_cited(rag, questions):
+    root, _, item = questions
+    answer = rag.ask(item.question, options=item.options, mode="generate", max_new_tokens=6)
+    assert answer.mode == "generate" and isinstance(answer.text, str)
+    assert answer.citations, "an answer that uses evidence must cite at least one item"
+    assert {c.evidence_id for c in answer.citations} <= {e.id for e in answer.evidence}
+
+
+def test_fixed_k_and_no_retrieval(rag, questions):
+    _, _, item = questions
+    three = rag.ask(item.question, options=item.options, k=3)
+    assert len(three.evidence) == 3 and three.selection == "fixed k=3 requested"
+    bare = rag.ask(item.question, options=item.options, retrieval=False)
+    assert bare.evidence == [] and bare.citations == [] and bare.domain == "" and not bare.abstained
+
+
+def test_off_topic_questions_abstain_unless_told_not_to(rag):
+    answer = rag.ask("How do I change the oil in a motorbike gearbox?")
+    assert answer.abstained and answer.text == ABSTAIN_TEXT and answer.citations == []
+    forced = rag.ask("How do I change the oil in a motorbike gearbox?", abstain=False, max_new_tokens=4)
+    assert not forced.abstained and forced.mode == "generate"
+
+
+def test_bad_arguments_are_refused(rag):
+    with pytest.raises(ValueError, match="non-empty question"):
+        rag.ask("  ")
+    with pytest.raises(ValueError, match="mode"):
+        rag.ask("Which tongue?", mode="vote")
+    with pytest.raises(ValueError, match="needs options"):
+        rag.ask("Which tongue?", mode="options")
+
+
+def test_threads_get_the_same_answers_as_serial_calls(rag, questions):
+    root, with_image, without = questions
+    calls = [(with_image.question, root / with_image.image, with_image.options), (without.question, None, without.options)] * 3
+    serial = [rag.ask(q, image=i, options=o) for q, i, o in calls]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(lambda c: rag.ask(c[0], image=c[1], options=c[2]), calls))
+    for a, b in zip(serial, threaded):
+        assert (a.text, a.option, [e.id for e in a.evidence]) == (b.text, b.option, [e.id for e in b.evidence])
+        assert a.option_scores == pytest.approx(b.option_scores, abs=1e-5)
+
+
+def test_cli_ask_json(small_index, tiny_vlm_dir, questions, capsys):
+    from rag.cli import main
+
+    root, item, _ = questions
+    argv = ["ask", item.question, "--index", str(small_index), "--generator", str(tiny_vlm_dir),
+            "--image", str(root / item.image), "--json"] + [a for o in item.options for a in ("--option", o)]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["citations"] and data["evidence"] and data["timings_ms"]["total"] > 0
+    assert main(["ask", "Which pattern?", "--index", str(small_index), "--generator", str(Path("/nonexistent/model"))]) == 2
+
+
+def test_prompt_helpers():
+    assert parse_citations("see [2] and [1], also [2] and [9]", 3) == [2, 1]
+    options = ["Liver, Stomach", "Lung, Liver", "Spleen"]
+    assert match_option("B. Lung, Liver", options) == 1
+    assert match_option("The herb enters the lung and liver channels", options) == 1
+    assert match_option("(C)", options) == 2 and match_option("nothing relevant", options) is None
+    text = "Ren Shen is a root. Channels entered: Spleen, Lung. Dosage: 3-9 g. It is sweet."
+    assert snippet(text, "Which channels does it enter?", max_words=5) == "Channels entered: Spleen, Lung."
+    prompt = build_prompt("Q?", [], image=None, options=["yes", "no"])
+    assert prompt.images == [] and "Options:\nA. yes\nB. no" in prompt.messages[-1]["content"][0]["text"]
