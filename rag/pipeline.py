@@ -89,11 +89,14 @@ class MedRAG:
             generator = create_generator(generator, device=device)
         return cls(retriever, generator, **kwargs)
 
-    def evidence_is_weak(self, kept: list[Hit], question: str, image: Any) -> bool:
-        if not kept:
-            return True
-        best_text = max(h.channel_scores.get("text", -1.0) for h in kept) if question else -1.0
-        best_image = max(h.channel_scores.get("image", -1.0) for h in kept) if image is not None else -1.0
+    @staticmethod
+    def best_similarities(kept: list[Hit], question: str | None, image: Any) -> tuple[float, float]:
+        """The best question->text and image->image cosine among the kept items (-1 when absent)."""
+        text = max((h.channel_scores.get("text", -1.0) for h in kept), default=-1.0) if question else -1.0
+        picture = max((h.channel_scores.get("image", -1.0) for h in kept), default=-1.0) if image is not None else -1.0
+        return text, picture
+
+    def evidence_is_weak(self, best_text: float, best_image: float) -> bool:
         return best_text < self.min_text_similarity and best_image < self.min_image_similarity
 
     def ask(self, question: str, image: ImageInput | None = None, options: list[str] | None = None,
@@ -128,7 +131,7 @@ class MedRAG:
             else:
                 kept, reason = result.hits[:k], f"fixed k={k} requested"
         evidence = [self._evidence(i + 1, hit, question, options) for i, hit in enumerate(kept)]
-        if retrieval and abstain and self.evidence_is_weak(kept, question, picture):
+        if retrieval and abstain and self.evidence_is_weak(*self.best_similarities(kept, question, picture)):
             timings["total"] = time.perf_counter() - started
             return Answer(question, ABSTAIN_TEXT, [], evidence, domain, confidence, True, "abstain",
                           selection=reason, timings=timings)
