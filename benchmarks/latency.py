@@ -43,7 +43,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def best_similarities(rag: MedRAG, question: str, image) -> tuple[float, float]:
+def best_similarities(rag: MedRAG, question: str, image) -> tuple[float, float, float]:
     result = rag.retriever.retrieve(question, image, k=rag.retriever.bundle.selection.k_max)
     kept, _ = rag.retriever.select(result)
     return rag.best_similarities(kept, question, image)
@@ -98,8 +98,8 @@ def main() -> int:
 
     off_topic = [best_similarities(rag, q, None) for q in OFF_TOPIC]
     off_topic += [best_similarities(rag, q, Image.fromarray(noise)) for q in OFF_TOPIC[:5]]
-    abstained_off = sum(rag.evidence_is_weak(t, i) for t, i in off_topic)
-    abstained_val = sum(rag.evidence_is_weak(t, i) for t, i in answerable)
+    abstained_off = sum(rag.evidence_is_weak(*s) for s in off_topic)
+    abstained_val = sum(rag.evidence_is_weak(*s) for s in answerable)
     report = {
         "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
         "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
@@ -108,11 +108,13 @@ def main() -> int:
         "closed_accuracy_on_these_questions": correct,
         "answers_citing_existing_evidence": f"{cited_ok}/{answered}",
         "abstention": {"min_text_similarity": rag.min_text_similarity, "min_image_similarity": rag.min_image_similarity,
+                       "min_lexical_score": rag.min_lexical_score,
+                       "off_topic_best_lexical_max": round(max(s[2] for s in off_topic), 3),
                        "val_answerable_abstained": f"{abstained_val}/{len(answerable)}",
                        "off_topic_abstained": f"{abstained_off}/{len(off_topic)}",
-                       "val_best_text_similarity_p5_p50": [round(percentile([t for t, _ in answerable], 5), 3),
-                                                           round(percentile([t for t, _ in answerable], 50), 3)],
-                       "off_topic_best_text_similarity_max": round(max(t for t, _ in off_topic), 3)},
+                       "val_best_text_similarity_p5_p50": [round(percentile([s[0] for s in answerable], 5), 3),
+                                                           round(percentile([s[0] for s in answerable], 50), 3)],
+                       "off_topic_best_text_similarity_max": round(max(s[0] for s in off_topic), 3)},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,11 +159,12 @@ Closed questions score the options by log-probability; open ones generate up to 
 Answers citing existing evidence: {r['answers_citing_existing_evidence']}. Closed accuracy on these
 questions (not the experiment; see `medrag eval qa`): {r['closed_accuracy_on_these_questions']}.
 
-Abstention (thresholds text {a['min_text_similarity']}, image {a['min_image_similarity']}): answerable
+Abstention (thresholds text {a['min_text_similarity']}, image {a['min_image_similarity']}, BM25
+{a['min_lexical_score']}): answerable
 val questions abstained {a['val_answerable_abstained']}; off-topic questions (10 text-only, 5 with a
 noise image) abstained {a['off_topic_abstained']}. Best kept question→text similarity on val: p5
 {a['val_best_text_similarity_p5_p50'][0]}, median {a['val_best_text_similarity_p5_p50'][1]}; highest
-off-topic {a['off_topic_best_text_similarity_max']}.
+off-topic {a['off_topic_best_text_similarity_max']} (BM25 {a['off_topic_best_lexical_max']}).
 
 ![latency](latency.png)
 """

@@ -91,16 +91,25 @@ def cmd_import_covid(args: argparse.Namespace) -> int:
 # --- index ----------------------------------------------------------------------------------------
 
 DEFAULT_SPEC = Path("indexes/sample.yaml")
+# `index build` flag (argparse dest) -> field of the spec's vector_index block
+VECTOR_INDEX_FLAGS = {"index_type": "type", "shards": "shards", "nlist": "nlist", "nprobe": "nprobe",
+                      "hnsw_m": "hnsw_m", "ef_construction": "ef_construction", "ef_search": "ef_search",
+                      "pq_m": "pq_m", "pq_bits": "pq_bits", "train_size": "train_size"}
 
 
 def _spec_from_args(args: argparse.Namespace):
     from rag.index_build import IndexSpec
+
+    from rag.vector_index import VectorIndexConfig
 
     spec = IndexSpec.from_file(args.spec) if args.spec else IndexSpec()
     for field in ("corpus", "qa", "out", "text_encoder", "image_encoder", "seed"):
         value = getattr(args, field, None)
         if value is not None:
             setattr(spec, field, value)
+    overrides = {key: getattr(args, flag) for flag, key in VECTOR_INDEX_FLAGS.items() if getattr(args, flag, None) is not None}
+    if overrides:
+        spec.vector_index = VectorIndexConfig.from_json({**spec.vector_index.to_json(), **overrides}, "medrag index build")
     if not spec.corpus:
         raise ValueError("medrag index build: give --corpus C.jsonl or --spec FILE naming a corpus")
     if not spec.out:
@@ -123,8 +132,14 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     ensure_sample_corpus(spec)
     started = time.perf_counter()
-    build_index(spec.corpus, spec.out, spec=spec, qa=spec.qa, on_bad_record="skip" if args.skip_bad else "stop",
-                progress=not args.json)
+    try:
+        build_index(spec.corpus, spec.out, spec=spec, qa=spec.qa, on_bad_record="skip" if args.skip_bad else "stop",
+                    progress=not args.json, engine=args.engine, ray_address=args.ray_address, device=args.device)
+    except ImportError as exc:
+        if args.engine != "ray":
+            raise
+        print(f"medrag: error: {exc}", file=sys.stderr)  # the message says how to install Ray
+        return 2
     info = bundle_info(spec.out)
     info["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
@@ -143,6 +158,11 @@ def _print_info(info: dict) -> None:
     print(f"  {counts.get('documents', 0)} documents, {counts.get('images', 0)} images")
     for domain, c in (counts.get("per_domain") or {}).items():
         print(f"    {domain:<14} docs {c['documents']:>5}  text {c['text']:>5}  joint {c['joint']:>5}  image {c['image']:>6}")
+    vector_index = info.get("vector_index") or {}
+    if vector_index:
+        built = sorted({t for c in vector_index.get("channels", {}).values() for t in c["type"]})
+        print(f"  vector index: {vector_index['type']} x{vector_index['shards']} shard(s)"
+              + (f", built as {'/'.join(built)}" if built and built != [vector_index["type"]] else ""))
     print(f"  router val accuracy: {info['heads']['router_val_accuracy']}, "
           f"aligner val recall@1: {info['heads']['aligner_val_recall_at_1']}")
     routing = info.get("routing") or {}
@@ -160,6 +180,21 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     info = bundle_info(args.index)
     _print_json(info) if args.json else _print_info(info)
     return 0
+
+
+def cmd_index_verify(args: argparse.Namespace) -> int:
+    from rag.index_bundle import verify_bundle
+
+    problems = verify_bundle(args.index, encoders=not args.no_encoders)
+    if args.json:
+        _print_json({"path": str(args.index), "ok": not problems, "problems": problems})
+    elif problems:
+        print("\n".join([f"{len(problems)} problem(s) in {args.index}:"] + [f"  {p}" for p in problems]),
+              file=sys.stderr)
+    else:
+        checked = "pointer, manifest, checksums, FAISS indexes, counts" + ("" if args.no_encoders else ", encoders")
+        print(f"OK {args.index}: {checked}")
+    return 1 if problems else 0
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
@@ -189,7 +224,8 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from rag.retriever import Retriever
 
-    retriever = Retriever.load(args.index)
+    search_params = {k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if v is not None}
+    retriever = Retriever.load(args.index, search_params=search_params)
     filters = dict(f.split("=", 1) for f in args.filter or [])
     result = retriever.retrieve(args.question, image=args.image, k=args.k, domains=args.domain or None,
                                 channels=args.channel or None, routing=not args.no_routing, filters=filters or None)
@@ -231,29 +267,100 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- answering --------------------------------------------------------------------------------------
+
+DEFAULT_ALIGNED_VLM = Path("data/models/medvlm-sample")
+
+
+def resolve_generator_name(name: str | None) -> str:
+    """No --generator: the projector trained by `medrag demo` if it exists, else the untrained default."""
+    from rag.vlm import DEFAULT_VLM
+
+    if name:
+        return name
+    if (DEFAULT_ALIGNED_VLM / "config.json").is_file():
+        return str(DEFAULT_ALIGNED_VLM)
+    print(f"note: {DEFAULT_ALIGNED_VLM} not found, using {DEFAULT_VLM} with an untrained projector; "
+          "run `medrag finetune align` (or `medrag demo`) to train it", file=sys.stderr)
+    return DEFAULT_VLM
+
+
+def print_answer(answer: Any, gold: str | None = None) -> None:
+    where = f"routed to {answer.domain} ({answer.domain_confidence:.2f})" if answer.domain else "no retrieval"
+    print(f"  {where}; kept {len(answer.evidence)} evidence item(s): {answer.selection}")
+    cited = {c.number for c in answer.citations}
+    for e in answer.evidence:
+        mark = "*" if e.number in cited else " "
+        print(f"   {mark}[{e.number}] {e.score:.4f} {e.id:<28} {e.title[:56]}")
+    print(f"  A: {answer.text}" + (f"   (gold: {gold})" if gold is not None else ""))
+    if answer.citations:
+        print("  cites: " + ", ".join(f"[{c.number}] {c.evidence_id} ({c.how})" for c in answer.citations))
+    print(f"  {answer.timings['total'] * 1000:.0f} ms ({answer.mode})")
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from rag.pipeline import MedRAG
+
+    rag = MedRAG.load(args.index, generator=resolve_generator_name(args.generator))
+    answer = rag.ask(args.question, image=args.image, options=args.option or None, mode=args.mode, k=args.k,
+                     retrieval=not args.no_retrieval, abstain=not args.no_abstain, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        _print_json(answer.to_json())
+    else:
+        print(f"Q: {args.question}")
+        print_answer(answer)
+    return 0
+
+
+def cmd_finetune_align(args: argparse.Namespace) -> int:
+    from finetune.projector import AlignConfig, save_aligned, train_projector
+    from rag.generator import default_vlm_dir
+    from rag.vlm import load_vlm
+
+    model, processor = load_vlm(args.base or default_vlm_dir())
+    config = AlignConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps,
+                         val_fraction=args.val_fraction, eval_every=args.eval_every, seed=args.seed)
+    log = train_projector(model, processor, args.corpus, config, progress=not args.json)
+    out = save_aligned(model, processor, log, args.out)
+    summary = {"out": str(out), "steps": len(log.steps), "seconds": round(log.seconds, 1), "n_train": log.n_train,
+               "n_val": log.n_val, "val_loss_first": round(log.val_loss[0], 4), "val_loss_last": round(log.val_loss[-1], 4),
+               "plot": str(out / "align_loss.png")}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"projector trained for {summary['steps']} steps in {summary['seconds']} s on {log.n_train} pairs; "
+              f"validation loss {summary['val_loss_first']} -> {summary['val_loss_last']}; saved to {out} "
+              f"(loss curve: {summary['plot']})")
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Sample corpus -> validated -> default index -> evidence for a few test questions."""
+    """Sample corpus -> validated -> default index -> aligned VLM -> cited answers to test questions."""
+    from finetune.projector import AlignConfig, save_aligned, train_projector
     from rag.corpus import format_problems, read_qa, validate_corpus, validate_qa
+    from rag.generator import Generator, default_vlm_dir
     from rag.index_build import IndexSpec, build_index, bundle_info
+    from rag.pipeline import MedRAG
     from rag.retriever import Retriever
     from rag.sample_corpus.build import SampleSummary, build_sample_corpus, summary_table
+    from rag.vlm import load_vlm
 
     started = time.perf_counter()
     spec = IndexSpec.from_file(args.spec)
     corpus_dir = Path(spec.corpus).parent
     if args.rebuild or not (corpus_dir / "summary.json").is_file():
-        print(f"[1/4] building the sample corpus in {corpus_dir} …")
+        print(f"[1/5] building the sample corpus in {corpus_dir} …")
         summary = build_sample_corpus(corpus_dir, seed=spec.sample_seed)
     else:
-        print(f"[1/4] using the cached sample corpus in {corpus_dir} (--rebuild to regenerate)")
+        print(f"[1/5] using the cached sample corpus in {corpus_dir} (--rebuild to regenerate)")
         data = json.loads((corpus_dir / "summary.json").read_text(encoding="utf-8"))
         summary = SampleSummary(**{k: data[k] for k in ("out_dir", "seed", "seconds", "documents", "images",
                                                           "query_images", "qa")})
     print(summary_table(summary))
 
-    print("[2/4] validating")
+    print("[2/5] validating")
     for report in (validate_corpus(corpus_dir / "corpus.jsonl"), validate_corpus(corpus_dir / "corpus_added.jsonl"),
                    validate_qa(corpus_dir / "qa.jsonl")):
         print(f"  {report.path}: {report.records} records, " + ("no problems" if report.ok else "PROBLEMS"))
@@ -263,33 +370,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     index_dir = Path(spec.out)
     if args.rebuild or not (index_dir / "CURRENT").is_file():
-        print(f"[3/4] building the default index in {index_dir} …")
+        print(f"[3/5] building the default index in {index_dir} …")
         build_index(spec.corpus, index_dir, spec=spec, qa=spec.qa)
     else:
-        print(f"[3/4] using the cached index in {index_dir}")
+        print(f"[3/5] using the cached index in {index_dir}")
     _print_info(bundle_info(index_dir))
 
-    print("[4/4] retrieving evidence for test questions")
-    retriever = Retriever.load(index_dir)
+    model_dir = Path(args.model_dir)
+    if args.rebuild or not (model_dir / "config.json").is_file():
+        print(f"[4/5] aligning the VLM projector on the corpus images ({args.align_steps} steps) …")
+        model, processor = load_vlm(default_vlm_dir())
+        log = train_projector(model, processor, spec.corpus, AlignConfig(max_steps=args.align_steps))
+        save_aligned(model, processor, log, model_dir)
+        print(f"  validation loss {log.val_loss[0]:.3f} -> {log.val_loss[-1]:.3f} in {log.seconds:.0f} s; "
+              f"saved to {model_dir} (loss curve: {model_dir / 'align_loss.png'})")
+    else:
+        print(f"[4/5] using the aligned VLM in {model_dir}")
+        model, processor = load_vlm(model_dir)
+
+    print("[5/5] answering test questions from retrieved evidence")
+    rag = MedRAG(Retriever.load(index_dir), Generator(model, processor, str(model_dir)))
     tests = [q for q in read_qa(corpus_dir / "qa.jsonl") if q.split == "test"]
-    shown = set()
+    shown: set[tuple[str, bool]] = set()
     for item in tests:
         key = (item.domain, bool(item.image))
         if key in shown or len(shown) >= args.questions:
             continue
         shown.add(key)
         image = str(corpus_dir / item.image) if item.image else None
-        result = retriever.retrieve(item.question, image=image, k=5)
-        kept, selection = retriever.select(result)
-        r = result.routing
-        print(f"\nQ [{item.domain}{', with image ' + item.image if image else ''}]: {item.question}")
-        print(f"  routed to {r.domain} ({r.confidence:.2f}, {r.mode}); {result.timings['total'] * 1000:.0f} ms; "
-              f"gold document {item.doc_id}")
-        for i, hit in enumerate(result.hits, 1):
-            mark = "*" if i <= selection.k else " "
-            gold = "  <- gold" if hit.doc.id == item.doc_id else ""
-            print(f"  {mark}[{i}] {hit.score:.4f} {hit.doc.id:<30} {hit.doc.title[:50]}{gold}")
-        print(f"  selection: keep {selection.k} — {selection.reason}")
+        print(f"\nQ [{item.domain}{', image ' + item.image if image else ''}]: {item.question}")
+        print("  options: " + " | ".join(item.options or []))
+        print_answer(rag.ask(item.question, image=image, options=item.options), gold=item.answer)
+    print("\nQ (open, generated): " + tests[0].question)
+    print_answer(rag.ask(tests[0].question, image=str(corpus_dir / tests[0].image) if tests[0].image else None))
+    print("\nQ (outside the corpus): What is the capital of France?")
+    print_answer(rag.ask("What is the capital of France?"))
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -354,12 +469,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--skip-bad", action="store_true", help="leave out bad records (reported) instead of stopping")
     p.add_argument("--json", action="store_true")
+    g = p.add_argument_group("vector index (override the spec's vector_index block)")
+    g.add_argument("--index-type", choices=["flat", "hnsw", "ivf-flat", "ivf-pq"],
+                   help="exact flat (default; < ~100k vectors per channel), hnsw (lowest latency), ivf-flat, "
+                        "or ivf-pq (least memory)")
+    g.add_argument("--shards", type=int, help="FAISS files per domain-channel, searched as one (default 1)")
+    g.add_argument("--nlist", type=int, help="IVF lists per shard (default ~4*sqrt(vectors); fewer when too few "
+                                             "vectors to train them)")
+    g.add_argument("--nprobe", type=int, help="IVF lists searched per query (default 16; retrieve --nprobe overrides)")
+    g.add_argument("--hnsw-m", type=int, help="HNSW links per node (default 32)")
+    g.add_argument("--ef-construction", type=int, help="HNSW build-time candidate list (default 40)")
+    g.add_argument("--ef-search", type=int, help="HNSW query-time candidate list (default 64; retrieve --ef-search "
+                                                 "overrides)")
+    g.add_argument("--pq-m", type=int, help="IVF-PQ sub-quantizers, must divide the dimension (default dim/4)")
+    g.add_argument("--pq-bits", type=int, help="IVF-PQ bits per code (default 8)")
+    g.add_argument("--train-size", type=int, help="vectors sampled to train IVF (default 50 per list)")
+    g = p.add_argument_group("build engine")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="embed in this process (default) or with Ray Data on a Ray cluster (pip install 'medvlm-rag[ray]')")
+    g.add_argument("--ray-address", help="Ray cluster to join: 'auto' (after `ray start --head`), ray://HOST:10001; "
+                                         "default: start a local Ray")
+    g.add_argument("--device", help="encoder device, e.g. cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_index_build)
 
     p = index.add_parser("info", help="show what a bundle holds")
     p.add_argument("index")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_index_info)
+
+    p = index.add_parser("verify", help="check a bundle's files, checksums, FAISS indexes, counts and encoders; "
+                                        "exit 1 listing the problems")
+    p.add_argument("index")
+    p.add_argument("--no-encoders", action="store_true",
+                   help="skip loading the encoders to compare fingerprints (faster; for machines without them)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_index_verify)
 
     p = index.add_parser("add", help="add the documents of a corpus file without rebuilding")
     p.add_argument("index")
@@ -385,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-routing", action="store_true", help="search all domains as one flat collection")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE", help="metadata equality filter (repeatable)")
     p.add_argument("--rule", choices=["gap", "relative", "fixed", "rule"], help="context selection rule")
+    p.add_argument("--nprobe", type=int, help="IVF indexes: lists searched per query (default: the bundle's)")
+    p.add_argument("--ef-search", type=int, help="HNSW indexes: candidate list per query (default: the bundle's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_retrieve)
 
@@ -399,9 +545,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_retrieval)
 
-    p = commands.add_parser("demo", help="the main job on offline defaults: sample corpus, default index, evidence")
+    p = commands.add_parser("ask", help="answer a question (optionally about an image) from evidence, with citations")
+    p.add_argument("question")
+    p.add_argument("--index", default="indexes/sample")
+    p.add_argument("--image", help="image file the question is about")
+    p.add_argument("--option", action="append", help="an answer option of a closed question (repeatable)")
+    p.add_argument("--mode", choices=["auto", "generate", "options"], default="auto",
+                   help="options: score each option by log-probability; generate: free text (default: auto)")
+    p.add_argument("--generator", help=f"default VLM name, saved model folder or HF model id "
+                   f"(default: {DEFAULT_ALIGNED_VLM} if present, else the untrained default VLM)")
+    p.add_argument("-k", type=int, help="keep exactly k evidence items (default: adaptive selection)")
+    p.add_argument("--no-retrieval", action="store_true", help="answer without evidence (baseline)")
+    p.add_argument("--no-abstain", action="store_true", help="answer even when the evidence is weak")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ask)
+
+    finetune = commands.add_parser("finetune", help="train the VLM").add_subparsers(dest="action", required=True)
+    p = finetune.add_parser("align", help="train the VLM projector on corpus image-caption pairs (LM frozen)")
+    p.add_argument("--corpus", default="data/sample/corpus.jsonl")
+    p.add_argument("--out", default=str(DEFAULT_ALIGNED_VLM), help="where to save the model (default: %(default)s)")
+    p.add_argument("--base", help="saved MedVLM to start from (default: the offline default VLM)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (a short run on CPU)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="documents held out for the validation loss")
+    p.add_argument("--eval-every", type=int, default=10, help="steps between validation losses")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_finetune_align)
+
+    p = commands.add_parser("demo", help="the main job on offline defaults: sample corpus, index, VLM, cited answers")
     p.add_argument("--spec", default=str(DEFAULT_SPEC), help="index spec to build and query (default: %(default)s)")
-    p.add_argument("--questions", type=int, default=6, help="how many test questions to show")
+    p.add_argument("--model-dir", default=str(DEFAULT_ALIGNED_VLM), help="where the aligned VLM is cached")
+    p.add_argument("--align-steps", type=int, default=40, help="projector training steps when no model is cached")
+    p.add_argument("--questions", type=int, default=6, help="how many test questions to answer")
     p.add_argument("--rebuild", action="store_true", help="regenerate cached artefacts")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -413,10 +592,28 @@ def main(argv: list[str] | None = None) -> int:
         args.split = ["test"]
     try:
         return args.func(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        # Bad input gets one clear line, not a traceback; bugs still raise.
+    except KeyboardInterrupt:
+        # Every write is atomic, so an interrupted command changed nothing; say so instead of a traceback.
+        print("medrag: interrupted; nothing was changed", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # Bad input or a bad environment gets one clear message, not a traceback; bugs still raise.
+        if not isinstance(exc, _user_error_types()):
+            raise
         print(f"medrag: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _user_error_types() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input, a damaged index, a missing model or an OS refusal (disk full,
+    permission, unreadable image). Looked up in sys.modules: a module never imported cannot have
+    raised its error, and importing it here would cost seconds."""
+    types: list[type[Exception]] = [ValueError, OSError]
+    for module, name in (("rag.index_bundle", "BundleError"), ("rag.encoders", "ModelNotAvailableError"),
+                         ("PIL.Image", "DecompressionBombError")):
+        if module in sys.modules:
+            types.append(getattr(sys.modules[module], name))
+    return tuple(types)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ researcher fixing a 10,000-line corpus wants one list, not a hundred reruns.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import warnings
@@ -100,6 +101,9 @@ def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 def parse_jsonl_line(path: Path, number: int, raw: bytes) -> tuple[dict[str, Any] | None, Problem | None]:
     """Decode one JSONL line into an object, or say precisely why it cannot be."""
+    if number == 1:
+        # Editors on Windows (and Excel's "UTF-8 CSV") start files with a byte-order mark.
+        raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -107,8 +111,17 @@ def parse_jsonl_line(path: Path, number: int, raw: bytes) -> tuple[dict[str, Any
                              f"invalid UTF-8 at byte {exc.start}; re-save the file as UTF-8")
     try:
         record = json.loads(text)
+        # JSON's \ud800-style escapes can smuggle in unpaired surrogates, which no UTF-8 file (the
+        # index's document store included) can hold; re-encoding now finds them before a write fails.
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as exc:
         return None, Problem(str(path), number, None, f"malformed JSON: {exc.msg.removesuffix(' at')} (column {exc.colno})")
+    except RecursionError:
+        return None, Problem(str(path), number, None, "JSON nested too deeply to read; flatten the record")
+    except UnicodeEncodeError:
+        return None, Problem(str(path), number, None,
+                             "a string holds an unpaired surrogate escape (\\ud800-\\udfff), which is not text; "
+                             "fix the escape or remove it")
     if not isinstance(record, dict):
         return None, Problem(str(path), number, None, "line is JSON but not an object")
     return record, None
@@ -127,24 +140,38 @@ def _check_types(record: dict[str, Any], spec: dict[str, tuple[type, ...]], requ
     return errors
 
 
+def _shown(text: str, limit: int = 120) -> str:
+    """A path as it can be printed in one line of a report: escaped, and shortened if huge."""
+    shown = text.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= limit else f"{shown[:limit]}… ({len(text)} characters)"
+
+
 def resolve_image(corpus_dir: Path, relpath: str) -> tuple[Path | None, str | None]:
     """Resolve an image path against the corpus folder; refuse absolute paths and escapes.
 
     Symlinks are resolved before the containment check, so a link pointing outside is an escape too.
     """
     if not relpath or os.path.isabs(relpath):
-        return None, f"image path '{relpath}' must be relative to the corpus folder"
+        return None, f"image path '{_shown(relpath)}' must be relative to the corpus folder"
     root = corpus_dir.resolve()
-    target = (corpus_dir / relpath).resolve()
+    try:
+        target = (corpus_dir / relpath).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        # A NUL byte (ValueError), a name too long for the file system (OSError) or a symlink loop
+        # (RuntimeError): the path cannot name a file here.
+        return None, f"image path '{_shown(relpath)}' cannot be resolved ({exc.__class__.__name__}: {_shown(str(exc))})"
     if target != root and root not in target.parents:
-        return None, f"image path '{relpath}' escapes the corpus folder {root}"
+        return None, f"image path '{_shown(relpath)}' escapes the corpus folder {root}"
     return target, None
 
 
 def check_image(path: Path) -> str | None:
     """Return why the file is not a usable image, or None. Fully decodes it (a header can lie)."""
-    if not path.is_file():
-        return f"image file not found: {path}"
+    try:
+        if not path.is_file():
+            return f"image file not found: {_shown(str(path))}"
+    except OSError as exc:
+        return f"image file cannot be read: {_shown(str(path))} ({exc.strerror})"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -159,6 +186,7 @@ def check_image(path: Path) -> str | None:
     return None
 
 
+_DOC_REQUIRED = ("id", "domain", "title", "text")
 _DOC_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,), "domain": (str,), "title": (str,), "text": (str,), "images": (list,),
     "names": (dict,), "source": (str,), "metadata": (dict,),
@@ -166,9 +194,12 @@ _DOC_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def _doc_problems(record: dict[str, Any], corpus_dir: Path, check_images: bool) -> list[str]:
-    errors = _check_types(record, _DOC_TYPES, ("id", "domain", "text"))
+    errors = _check_types(record, _DOC_TYPES, _DOC_REQUIRED)
     if errors:
         return errors
+    # Names feed the lexical channel's alias table, which needs text on both sides.
+    errors += [f"names['{key}'] must be a string, got {type(value).__name__}"
+               for key, value in (record.get("names") or {}).items() if not isinstance(value, str)]
     if not record["id"].strip():
         errors.append("empty id")
     if record["domain"] not in DOMAINS:
@@ -264,25 +295,32 @@ def validate_qa(path: str | Path, doc_ids: set[str] | None = None, check_images:
     return report
 
 
-def _field_names(cls: type) -> set[str]:
-    return set(cls.__dataclass_fields__)
+def _good_records(path: Path, report: ValidationReport) -> Iterator[dict[str, Any]]:
+    """The records of the lines `report` found no problem with."""
+    bad = report.bad_lines()
+    for number, raw in iter_jsonl_lines(path):
+        if number not in bad:
+            record, _ = parse_jsonl_line(path, number, raw)
+            yield record
 
 
-def read_documents(path: str | Path, skip_invalid: bool = False, check_images: bool = True) -> list[Document]:
-    """Read a corpus. Raises CorpusError listing every problem unless `skip_invalid`, which drops bad lines."""
+def _from_record(cls: type, record: dict[str, Any]) -> Any:
+    # Unknown keys are ignored; a null optional field means "absent", so it gets its default
+    # (an empty list, not None, is what the rest of the code can iterate).
+    return cls(**{k: v for k, v in record.items() if k in cls.__dataclass_fields__ and v is not None})
+
+
+def read_documents(path: str | Path, skip_invalid: bool = False, check_images: bool = True,
+                   report: ValidationReport | None = None) -> list[Document]:
+    """Read a corpus. Raises CorpusError listing every problem unless `skip_invalid`, which drops bad lines.
+
+    Pass the `report` of an earlier `validate_corpus` of the same file to avoid decoding every image twice.
+    """
     path = Path(path)
-    report = validate_corpus(path, check_images=check_images)
+    report = report or validate_corpus(path, check_images=check_images)
     if report.problems and not skip_invalid:
         raise CorpusError(format_problems(report))
-    bad = report.bad_lines()
-    docs = []
-    keep = _field_names(Document)
-    for number, raw in iter_jsonl_lines(path):
-        if number in bad:
-            continue
-        record = json.loads(raw.decode("utf-8"))
-        docs.append(Document(**{k: v for k, v in record.items() if k in keep}))
-    return docs
+    return [_from_record(Document, record) for record in _good_records(path, report)]
 
 
 def read_qa(path: str | Path, skip_invalid: bool = False, doc_ids: set[str] | None = None) -> list[QAItem]:
@@ -290,14 +328,7 @@ def read_qa(path: str | Path, skip_invalid: bool = False, doc_ids: set[str] | No
     report = validate_qa(path, doc_ids=doc_ids, check_images=False)
     if report.problems and not skip_invalid:
         raise CorpusError(format_problems(report))
-    bad = report.bad_lines()
-    keep = _field_names(QAItem)
-    items = []
-    for number, raw in iter_jsonl_lines(path):
-        if number not in bad:
-            record = json.loads(raw.decode("utf-8"))
-            items.append(QAItem(**{k: v for k, v in record.items() if k in keep}))
-    return items
+    return [_from_record(QAItem, record) for record in _good_records(path, report)]
 
 
 def write_jsonl(path: str | Path, records: Iterable[Document | QAItem | dict[str, Any]]) -> int:

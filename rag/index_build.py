@@ -21,9 +21,12 @@ from finetune.heads import train_aligner, train_router
 from rag.corpus import DOMAINS, CorpusError, Document, QAItem, format_problems, read_qa, validate_corpus, read_documents
 from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
                           create_image_encoder, create_text_encoder)
-from rag.index_bundle import IndexBundle, load_bundle, new_vector_index, save_bundle
+from rag.index_bundle import IndexBundle, load_bundle, save_bundle
 from rag.lexical import LexicalIndex
 from rag.selection import SelectionConfig, calibrate
+from rag.vector_index import ChannelIndex, VectorIndexConfig
+
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -43,6 +46,11 @@ class IndexSpec:
     delta: float = 0.1                    # confidence of the binomial test
     generate_sample: bool = False         # create the sample corpus first when `corpus` is missing
     sample_seed: int = 0
+    vector_index: VectorIndexConfig = field(default_factory=VectorIndexConfig)  # FAISS type, shards, params
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vector_index, dict):
+            self.vector_index = VectorIndexConfig.from_json(self.vector_index)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "IndexSpec":
@@ -56,6 +64,8 @@ class IndexSpec:
             raise ValueError(f"index spec {path}: unknown field(s) {sorted(unknown)}; "
                              f"known: {sorted(cls.__dataclass_fields__)}")
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "vector_index" in data:
+            data["vector_index"] = VectorIndexConfig.from_json(data["vector_index"], f"index spec {path}: vector_index")
         for key in ("corpus", "qa", "out"):
             if data.get(key):
                 data[key] = str((path.parent / data[key]).resolve())
@@ -91,7 +101,7 @@ def load_corpus(corpus: str | Path, on_bad_record: str = "stop") -> tuple[list[D
     report = validate_corpus(corpus)
     if report.problems and on_bad_record == "stop":
         raise CorpusError(format_problems(report, limit=50) + "\nfix these lines, or pass --skip-bad to leave them out")
-    docs = read_documents(corpus, skip_invalid=True)
+    docs = read_documents(corpus, skip_invalid=True, report=report)
     _absolute_images(docs, corpus.parent)
     return docs, [str(p) for p in report.problems]
 
@@ -128,7 +138,7 @@ def _router_text_samples(emb: Embedded, text_encoder: TextEncoder, questions: li
     return x.astype(np.float32), y
 
 
-def _add_to_bundle(bundle: IndexBundle, emb: Embedded) -> list[int]:
+def _add_to_bundle(bundle: IndexBundle, emb: Embedded, progress: bool = False) -> list[int]:
     """Append embedded documents under fresh stable numbers; returns the numbers."""
     first_doc, first_image = bundle.manifest["next_doc"], bundle.manifest["next_image"]
     numbers = list(range(first_doc, first_doc + len(emb.docs)))
@@ -142,10 +152,13 @@ def _add_to_bundle(bundle: IndexBundle, emb: Embedded) -> list[int]:
         for channel, vectors, ids in (("text", emb.text[rows], np.asarray(numbers)[rows]),
                                       ("joint", joint_text[rows], np.asarray(numbers)[rows]),
                                       ("image", emb.images[img_rows], image_ids[img_rows])):
-            index = bundle.vectors.setdefault((domain, channel), new_vector_index(vectors.shape[1] if len(vectors)
-                                                                                  else _dim(bundle, channel)))
-            if len(vectors):
-                index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+            if (domain, channel) not in bundle.vectors:
+                # an index is created, and trained when its type needs it, on the first vectors it gets
+                bundle.vectors[(domain, channel)] = ChannelIndex.build(
+                    vectors, ids, _dim(bundle, channel), bundle.vector_config, seed=bundle.manifest["spec"]["seed"],
+                    progress=progress, desc=f"indexing {domain}/{channel}")
+            elif len(vectors):
+                bundle.vectors[(domain, channel)].add(vectors, ids)
     for number, doc in zip(numbers, emb.docs):
         bundle.docs[number] = doc
     for image_id, position in zip(image_ids, emb.image_doc):
@@ -166,25 +179,41 @@ def _dim(bundle: IndexBundle, channel: str) -> int:
 
 def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = None, qa: str | Path | None = None,
                 on_bad_record: str = "stop", progress: bool = True,
-                text_encoder: TextEncoder | None = None, image_encoder: ImageEncoder | None = None) -> IndexBundle:
-    """Build a bundle from a corpus; an existing bundle at `out` stays live until the new one is complete."""
+                text_encoder: TextEncoder | None = None, image_encoder: ImageEncoder | None = None,
+                engine: str = "local", ray_address: str | None = None, device: str | None = None) -> IndexBundle:
+    """Build a bundle from a corpus; an existing bundle at `out` stays live until the new one is complete.
+
+    `engine` embeds the corpus: "local" in this process, "ray" with Ray Data on a Ray cluster
+    (`ray_address`, default a local instance); everything after embedding is the same. `device`
+    places the encoders (default: CUDA when available).
+    """
     from rag.retriever import Retriever
 
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     spec = spec or IndexSpec()
     started = time.perf_counter()
     docs, skipped = load_corpus(corpus, on_bad_record)
     if not docs:
         raise CorpusError(f"{corpus}: no usable documents to index")
     questions = read_qa(qa, doc_ids={d.id for d in docs}, skip_invalid=True) if qa else []
-    text_encoder = text_encoder or create_text_encoder(spec.text_encoder)
-    image_encoder = image_encoder or create_image_encoder(spec.image_encoder)
-    emb = embed(docs, text_encoder, image_encoder, spec.batch_size, progress)
+    text_encoder = text_encoder or create_text_encoder(spec.text_encoder, device)
+    image_encoder = image_encoder or create_image_encoder(spec.image_encoder, device)
+    # The engine embeds everything that grows with the corpus; the in-process encoders still serve
+    # the calibration queries below and give the fingerprints the Ray workers are checked against.
+    corpus_text, corpus_image = text_encoder, image_encoder
+    if engine == "ray":
+        from rag.ray_build import ray_encoders
+
+        corpus_text, corpus_image = ray_encoders(text_encoder, image_encoder, address=ray_address, device=device,
+                                                 progress=progress)
+    emb = embed(docs, corpus_text, corpus_image, spec.batch_size, progress)
     emb.skipped = skipped
 
     domains = [d for d in DOMAINS if any(doc.domain == d for doc in docs)]
     domain_index = {d: i for i, d in enumerate(domains)}
     image_labels = np.asarray([domain_index[docs[i].domain] for i in emb.image_doc], dtype=np.int64)
-    text_x, text_y = _router_text_samples(emb, text_encoder, [q for q in questions if q.split == "train"], domain_index)
+    text_x, text_y = _router_text_samples(emb, corpus_text, [q for q in questions if q.split == "train"], domain_index)
     image_x = emb.images if len(emb.images) else np.zeros((1, image_encoder.dim), np.float32)
     router, router_logs = train_router(image_x, image_labels if len(emb.images) else np.zeros(1, np.int64),
                                        text_x, text_y, len(domains), seed=spec.seed, progress=progress)
@@ -205,11 +234,13 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
         "heads": {"router": {k: v.to_json() for k, v in router_logs.items()}, "aligner": aligner_log.to_json()},
         "routing": {"threshold": 0.5},
         "skipped_records": skipped,
+        "engine": engine,
     }
     bundle = IndexBundle(manifest=manifest, docs={}, image_owner={}, vectors={},
                          lexical=LexicalIndex.build([], []), router=router, aligner=aligner,
-                         selection=SelectionConfig(k_max=spec.k_max, alpha=spec.alpha, delta=spec.delta))
-    _add_to_bundle(bundle, emb)
+                         selection=SelectionConfig(k_max=spec.k_max, alpha=spec.alpha, delta=spec.delta),
+                         vector_config=spec.vector_index)
+    _add_to_bundle(bundle, emb, progress)
 
     val = [q for q in questions if q.split == "val"]
     retriever = Retriever(bundle, text_encoder, image_encoder)
@@ -317,9 +348,12 @@ def add_documents(bundle_dir: str | Path, corpus: str | Path, on_bad_record: str
     """Embed and add the documents of `corpus` to an existing bundle (ids must be new)."""
     from rag.retriever import Retriever
 
+    docs, skipped = load_corpus(corpus, on_bad_record)  # first: a bad corpus is reported without loading models
+    if not docs:
+        raise CorpusError(f"{corpus}: no usable documents to add" + (f" ({len(skipped)} bad record(s) skipped)"
+                                                                     if skipped else ""))
     retriever = Retriever.load(bundle_dir)
     bundle = retriever.bundle
-    docs, skipped = load_corpus(corpus, on_bad_record)
     existing = {d.id for d in bundle.docs.values()}
     clashes = [d.id for d in docs if d.id in existing]
     if clashes:
@@ -351,7 +385,7 @@ def remove_documents(bundle_dir: str | Path, ids: list[str]) -> dict[str, Any]:
     for (domain, channel), index in bundle.vectors.items():
         doomed = image_ids if channel == "image" else list(numbers)
         if doomed:
-            index.remove_ids(np.asarray(doomed, dtype=np.int64))
+            index.remove(np.asarray(doomed, dtype=np.int64))
     for n in numbers:
         del bundle.docs[n]
     for i in image_ids:
@@ -373,4 +407,5 @@ def bundle_info(bundle_dir: str | Path) -> dict[str, Any]:
             "selection": manifest.get("selection"), "heads": {
                 "router_val_accuracy": {k: v["val_metric"] for k, v in manifest["heads"]["router"].items()},
                 "aligner_val_recall_at_1": manifest["heads"]["aligner"]["val_metric"]},
-            "build_seconds": manifest.get("build_seconds"), "history": manifest.get("history", [])}
+            "build_seconds": manifest.get("build_seconds"), "history": manifest.get("history", []),
+            "vector_index": manifest.get("vector_index", {"type": "flat", "shards": 1})}

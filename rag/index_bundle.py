@@ -5,24 +5,33 @@
       v-<stamp>/              one complete bundle
         manifest.json         format version, encoders + fingerprints, domains, counts, checksums,
                               head training logs, calibrated selection and routing parameters
+        manifest.sha256       the manifest's own checksum (the manifest holds everyone else's)
         docs.jsonl            the document store: one Document per line plus its stable number
         images.json           image row -> document number (the image channel indexes images)
-        <domain>/{text,image,joint}.faiss   FAISS IndexIDMap2 over inner-product indexes
+        <domain>/{text,image,joint}.faiss   one FAISS index per channel (inner product, stable ids):
+                              flat, HNSW, IVF-Flat or IVF-PQ (see rag.vector_index); a sharded
+                              bundle has <channel>.00.faiss, <channel>.01.faiss, … instead
         lexical/              the BM25 channel (lexical.json, see rag.lexical)
         heads.safetensors     domain router and aligner weights
 
 A writer builds a new version folder completely, then swaps CURRENT with one rename. Readers
 resolve CURRENT once, so they see the old or the new bundle, never a mixture; the previous version
-is kept so a reader that resolved it just before the swap can still finish loading.
+is kept so a reader that resolved it just before the swap can still finish loading. Writers swap
+and prune under an exclusive lock on `.lock`, so the leftovers of a killed writer (a staging folder,
+a version folder that never went live) can be told apart from a live writer's work and removed.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +43,16 @@ from finetune.heads import Aligner, DomainRouter
 from rag.corpus import Document
 from rag.lexical import LexicalIndex
 from rag.selection import SelectionConfig
+from rag.vector_index import ChannelIndex, VectorIndexConfig, check_search_params
 
-FORMAT_VERSION = 1
+# Format 2 added approximate and sharded vector indexes (manifest "vector_index"). Format 1 bundles
+# hold exact, unsharded indexes under the same file names, so they load as such.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 CHANNELS = ("text", "image", "joint")
 POINTER = "CURRENT"
+MANIFEST_DIGEST = "manifest.sha256"
+LOCK = ".lock"
 
 
 class BundleError(RuntimeError):
@@ -51,21 +66,34 @@ class IndexBundle:
     manifest: dict[str, Any]
     docs: dict[int, Document]                 # document number -> document (removed ones are absent)
     image_owner: dict[int, int]               # image row -> document number
-    vectors: dict[tuple[str, str], faiss.Index]  # (domain, channel) -> IndexIDMap2
+    vectors: dict[tuple[str, str], ChannelIndex]  # (domain, channel) -> its FAISS shards
     lexical: LexicalIndex
     router: DomainRouter
     aligner: Aligner
     selection: SelectionConfig
     root: Path | None = None                  # the version folder it was loaded from
     domains: list[str] = field(default_factory=list)
+    vector_config: VectorIndexConfig = field(default_factory=VectorIndexConfig)
+    search_params: dict[str, int] = field(default_factory=dict)  # nprobe / ef_search used by queries
 
     def __post_init__(self) -> None:
         self.domains = list(self.manifest["domains"])
+        self.search_params = {**self.vector_config.search_params(), **self.search_params}
+
+    def set_search_params(self, overrides: dict[str, int]) -> None:
+        """Query-time nprobe / ef_search instead of the values stored at build time."""
+        self.search_params.update(check_search_params(overrides))
+
+    def use_gpu(self) -> bool:
+        """Search on the GPU(s) where faiss-gpu and a GPU are present; True if any channel moved."""
+        return any([index.to_gpu() for index in self.vectors.values()])
 
 
-def new_vector_index(dim: int) -> faiss.Index:
-    """Exact inner product on normalised vectors (cosine), with our own stable int64 ids."""
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+def channel_files(domain: str, channel: str, shards: int) -> list[str]:
+    """Bundle-relative FAISS files of one domain-channel (one name per shard)."""
+    if shards == 1:
+        return [f"{domain}/{channel}.faiss"]
+    return [f"{domain}/{channel}.{s:02d}.faiss" for s in range(shards)]
 
 
 def _sha256(path: Path) -> str:
@@ -84,15 +112,22 @@ def resolve_version(bundle_dir: str | Path) -> Path:
         raise BundleError(f"no index at {bundle_dir}: build one with `medrag index build --corpus C.jsonl --out {bundle_dir}`")
     if not pointer.is_file():
         raise BundleError(f"{bundle_dir} is not an index bundle (no {POINTER} file); rebuild it with `medrag index build`")
-    version = bundle_dir / pointer.read_text(encoding="utf-8").strip()
-    if not (version / "manifest.json").is_file():
-        raise BundleError(f"{bundle_dir}: {POINTER} points at {version.name}, which has no manifest.json; "
-                          f"the bundle is damaged: rebuild it with `medrag index build`")
+    name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    # Only a version folder of this bundle: a damaged or hand-written pointer must not lead elsewhere.
+    version = bundle_dir / name
+    if not name.startswith("v-") or "/" in name or not (version / "manifest.json").is_file():
+        raise BundleError(f"{bundle_dir}: {POINTER} points at {name!r}, which is not a version folder with a "
+                          f"manifest.json; the bundle is damaged: rebuild it with `medrag index build`")
     return version
 
 
 def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    version = resolve_version(bundle_dir)
+    return _read_manifest_at(resolve_version(bundle_dir))
+
+
+def _read_manifest_at(version: Path) -> dict[str, Any]:
+    # Read from the version folder already resolved: resolving CURRENT a second time could land on a
+    # newer version swapped in meanwhile, pairing one version's manifest with another's files.
     try:
         return json.loads((version / "manifest.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -102,6 +137,11 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
 def verify_files(version: Path, manifest: dict[str, Any]) -> list[str]:
     """Problems with the bundle's files against the manifest checksums (empty list = intact)."""
     problems = []
+    digest = version / MANIFEST_DIGEST
+    if digest.is_file() and digest.read_bytes().strip() != _sha256(version / "manifest.json").encode():
+        problems.append("checksum mismatch in manifest.json (the file was changed or damaged)")
+    if not manifest.get("files"):
+        problems.append("the manifest lists no files to check")
     for rel, expected in manifest.get("files", {}).items():
         path = version / rel
         if not path.is_file():
@@ -113,9 +153,10 @@ def verify_files(version: Path, manifest: dict[str, Any]) -> list[str]:
 
 def check_format(manifest: dict[str, Any], where: Path) -> None:
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{where} has bundle format version {version}, this medvlm-rag reads version "
-                          f"{FORMAT_VERSION}: rebuild it with `medrag index build` (same corpus, same spec)")
+    if version not in READABLE_FORMATS:
+        raise BundleError(f"{where} has bundle format version {version}, this medvlm-rag reads versions "
+                          f"{', '.join(map(str, READABLE_FORMATS))}: rebuild it with `medrag index build` "
+                          f"(same corpus, same spec)")
 
 
 def check_encoders(manifest: dict[str, Any], text_fingerprint: str, image_fingerprint: str) -> None:
@@ -131,7 +172,7 @@ def check_encoders(manifest: dict[str, Any], text_fingerprint: str, image_finger
 
 def load_bundle(bundle_dir: str | Path, verify: bool = True) -> IndexBundle:
     version = resolve_version(bundle_dir)
-    manifest = read_manifest(bundle_dir)
+    manifest = _read_manifest_at(version)
     check_format(manifest, version)
     if verify:
         problems = verify_files(version, manifest)
@@ -145,12 +186,18 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> IndexBundle:
             number = record.pop("num")
             docs[number] = Document(**record)
     image_owner = {int(k): v for k, v in json.loads((version / "images.json").read_text()).items()}
+    try:
+        vector_config = VectorIndexConfig.from_json(manifest.get("vector_index"), f"{version}/manifest.json vector_index")
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{exc}; rebuild the index with `medrag index build`") from exc
+    notes = {key: c.get("note") for key, c in manifest.get("vector_index", {}).get("channels", {}).items()}
     vectors = {}
     for domain in manifest["domains"]:
         for channel in CHANNELS:
-            path = version / domain / f"{channel}.faiss"
-            if path.is_file():
-                vectors[(domain, channel)] = faiss.read_index(str(path))
+            paths = [version / rel for rel in channel_files(domain, channel, vector_config.shards)]
+            if all(p.is_file() for p in paths):
+                vectors[(domain, channel)] = ChannelIndex([faiss.read_index(str(p)) for p in paths],
+                                                          notes.get(f"{domain}/{channel}"))
     dims = manifest["dims"]
     router = DomainRouter(dims["image"], dims["text"], len(manifest["domains"]))
     aligner = Aligner(dims["image"], dims["text"], dims["joint"])
@@ -161,7 +208,84 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> IndexBundle:
     aligner.eval()
     return IndexBundle(manifest=manifest, docs=docs, image_owner=image_owner, vectors=vectors,
                        lexical=LexicalIndex.load(version / "lexical"), router=router, aligner=aligner,
-                       selection=SelectionConfig.from_json(manifest["selection"]), root=version)
+                       selection=SelectionConfig.from_json(manifest["selection"]), root=version,
+                       vector_config=vector_config)
+
+
+def verify_bundle(bundle_dir: str | Path, encoders: bool = True) -> list[str]:
+    """Every problem found with a bundle, each saying what is wrong (empty list: the bundle is sound).
+
+    Checks the pointer, the manifest and its format version, every file against its checksum (and
+    that no file was added), then loads the bundle and checks that every FAISS index reads and holds
+    one vector per document (text, joint) or image (image) of its domain, that the document store,
+    image table and lexical rows agree with each other and with the manifest's counts, and, with
+    `encoders`, that the encoders named in the manifest load here with the fingerprints the bundle
+    was built with (queries are refused otherwise).
+    """
+    try:
+        version = resolve_version(bundle_dir)
+        manifest = _read_manifest_at(version)
+        check_format(manifest, version)
+    except BundleError as exc:
+        return [str(exc)]
+    problems = verify_files(version, manifest)
+    if not (version / MANIFEST_DIGEST).is_file():
+        # Loading accepts this (bundles written before the manifest had its own checksum lack it).
+        problems.append(f"missing file {MANIFEST_DIGEST}: the manifest itself cannot be checked; rebuild the index "
+                        f"with `medrag index build` to add it")
+    known = {*manifest.get("files", {}), "manifest.json", MANIFEST_DIGEST}
+    problems += [f"unexpected file {rel} (not in the manifest; a version folder is never changed after it is written)"
+                 for rel in sorted(str(p.relative_to(version)) for p in version.rglob("*") if p.is_file())
+                 if rel not in known]
+    if problems:
+        return problems  # loading damaged files would only report the same damage again, less clearly
+    try:
+        bundle = load_bundle(bundle_dir, verify=False)
+    except Exception as exc:  # whatever a loader raises on these files, it is the answer to "is it sound?"
+        return [f"the bundle does not load: {type(exc).__name__}: {exc}"]
+    if bundle.root != version:
+        return [f"{bundle_dir} changed to {bundle.root.name} while it was being verified; run the check again"]
+    if manifest.get("counts") != _counts(bundle):
+        problems.append(f"the manifest's counts {manifest.get('counts')} do not match the files {_counts(bundle)}")
+    owners = set(bundle.image_owner.values())
+    if not owners <= set(bundle.docs):
+        problems.append(f"images belong to document numbers not in docs.jsonl: {sorted(owners - set(bundle.docs))[:10]}")
+    dims = manifest["dims"]
+    for (domain, channel), index in sorted(bundle.vectors.items()):
+        in_domain = {n for n, d in bundle.docs.items() if d.domain == domain}
+        expected = (sum(1 for n in bundle.image_owner.values() if n in in_domain) if channel == "image"
+                    else len(in_domain))
+        if index.ntotal != expected:
+            problems.append(f"{domain}/{channel}.faiss holds {index.ntotal} vectors, the bundle has {expected} "
+                            f"{'images' if channel == 'image' else 'documents'} in {domain}")
+        if channel in ("text", "image") and index.d != dims[channel]:
+            problems.append(f"{domain}/{channel}.faiss has dimension {index.d}, the {channel} encoder {dims[channel]}")
+    live = set(bundle.lexical.live_rows().tolist())
+    if live != set(bundle.docs):
+        problems.append(f"the lexical index has {len(live)} live rows, docs.jsonl {len(bundle.docs)} documents, "
+                        f"and they are not the same numbers")
+    if encoders:
+        problems += _encoder_problems(manifest)
+    return problems
+
+
+def _encoder_problems(manifest: dict[str, Any]) -> list[str]:
+    from rag.encoders import create_image_encoder, create_text_encoder
+
+    problems = []
+    for role, create in (("text", create_text_encoder), ("image", create_image_encoder)):
+        built = manifest["encoders"][role]
+        try:
+            fingerprint = create(built["name"]).fingerprint
+        except Exception as exc:  # not installed, not downloadable offline, unknown name: all say the same
+            problems.append(f"the {role} encoder '{built['name']}' cannot be loaded here ({type(exc).__name__}: "
+                            f"{exc}); queries need it (skip this check with --no-encoders)")
+            continue
+        if fingerprint != built["fingerprint"]:
+            problems.append(f"the {role} encoder '{built['name']}' installed here has fingerprint {fingerprint}, "
+                            f"the bundle was built with {built['fingerprint']}: reinstall the same weights or "
+                            f"rebuild the index with `medrag index build`")
+    return problems
 
 
 def save_bundle(bundle: IndexBundle, bundle_dir: str | Path, keep_versions: int = 2) -> Path:
@@ -179,7 +303,9 @@ def save_bundle(bundle: IndexBundle, bundle_dir: str | Path, keep_versions: int 
         (staging / "images.json").write_text(json.dumps({str(k): v for k, v in sorted(bundle.image_owner.items())}))
         for (domain, channel), index in bundle.vectors.items():
             (staging / domain).mkdir(exist_ok=True)
-            faiss.write_index(index, str(staging / domain / f"{channel}.faiss"))
+            # the CPU shards are written (GPU copies are for searching only)
+            for shard, rel in zip(index.shards, channel_files(domain, channel, len(index.shards)), strict=True):
+                faiss.write_index(shard, str(staging / rel))
         bundle.lexical.save(staging / "lexical")
         weights = {f"router.{k}": v.contiguous() for k, v in bundle.router.state_dict().items()}
         weights.update({f"aligner.{k}": v.contiguous() for k, v in bundle.aligner.state_dict().items()})
@@ -188,17 +314,22 @@ def save_bundle(bundle: IndexBundle, bundle_dir: str | Path, keep_versions: int 
         manifest["format_version"] = FORMAT_VERSION
         manifest["selection"] = bundle.selection.to_json()
         manifest["counts"] = _counts(bundle)
+        manifest["vector_index"] = {**bundle.vector_config.to_json(), "channels": {
+            f"{domain}/{channel}": index.describe() for (domain, channel), index in sorted(bundle.vectors.items())}}
         manifest["files"] = {str(p.relative_to(staging)): _sha256(p)
                              for p in sorted(staging.rglob("*")) if p.is_file()}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        (staging / MANIFEST_DIGEST).write_text(_sha256(staging / "manifest.json") + "\n")
         _fsync_tree(staging)
-        os.replace(staging, final)
-        _write_pointer(bundle_dir, final.name)
+        with _writer_lock(bundle_dir):
+            previous = _live_version(bundle_dir)
+            os.replace(staging, final)
+            _write_pointer(bundle_dir, final.name)
+            bundle.manifest, bundle.root = manifest, final
+            _prune(bundle_dir, keep_versions, previous)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    bundle.manifest, bundle.root = manifest, final
-    _prune(bundle_dir, keep_versions)
     return final
 
 
@@ -233,13 +364,49 @@ def _write_pointer(bundle_dir: Path, version_name: str) -> None:
         os.close(dir_fd)
 
 
-def _prune(bundle_dir: Path, keep: int) -> None:
-    """Drop old versions and leftovers of killed writers; the live one and its predecessor stay."""
-    live = (bundle_dir / POINTER).read_text(encoding="utf-8").strip()
-    versions = sorted(p for p in bundle_dir.glob("v-*") if p.is_dir())
-    stale = [p for p in versions if p.name != live][: max(0, len(versions) - keep)]
-    for path in stale:
+@contextmanager
+def _writer_lock(bundle_dir: Path) -> Iterator[None]:
+    """Exclusive among writers of one bundle (readers never lock); released by the OS if the holder dies."""
+    with open(bundle_dir / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _live_version(bundle_dir: Path) -> str | None:
+    pointer = bundle_dir / POINTER
+    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a staging folder `.tmp-v-<stamp>-<pid>` is still running here."""
+    try:
+        os.kill(int(name.rsplit("-", 1)[1]), 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except OSError as exc:  # EPERM: alive, but another user's
+        return exc.errno == errno.EPERM
+    return True
+
+
+def _prune(bundle_dir: Path, keep: int, previous: str | None) -> None:
+    """Drop old versions and leftovers of killed writers; the live one and its predecessor stay.
+
+    Runs under the writer lock, so no other writer is between renaming its version folder and
+    swapping CURRENT: a version that is neither live nor the predecessor (which a reader may still be
+    loading) is an old one or the orphan of a writer killed before its swap.
+    """
+    live = _live_version(bundle_dir)
+    others = sorted((p for p in bundle_dir.glob("v-*") if p.is_dir() and p.name not in (live, previous)),
+                    reverse=True)
+    for path in others[max(0, keep - 2):]:
         shutil.rmtree(path, ignore_errors=True)
+    for leftover in bundle_dir.glob(f".{POINTER}.tmp-*"):
+        leftover.unlink(missing_ok=True)
+    # A staging folder is being written by a live writer (staging happens outside the lock) unless
+    # its writer is gone; the age limit covers writers on other hosts of a shared file system.
     for leftover in bundle_dir.glob(".tmp-v-*"):
-        if leftover.stat().st_mtime < time.time() - 3600:
+        if not _writer_alive(leftover.name) or leftover.stat().st_mtime < time.time() - 3600:
             shutil.rmtree(leftover, ignore_errors=True)

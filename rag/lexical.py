@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import bm25s
 import numpy as np
@@ -201,6 +203,15 @@ class AliasTable:
         return tokens
 
 
+class _Searchable(NamedTuple):
+    """What a search reads, built together and swapped in as one object so a search never mixes
+    one rebuild's rows with another's scores."""
+
+    bm25: bm25s.BM25 | None          # None when no live row has a token: nothing can match
+    rows: np.ndarray                 # bm25s document i is row rows[i]
+    aliases: AliasTable
+
+
 class LexicalIndex:
     """BM25 over CJK-aware, alias-expanded tokens, with append/tombstone updates.
 
@@ -217,16 +228,18 @@ class LexicalIndex:
     a second copy of the same index to keep consistent.
 
     **Aliases.** The alias table is derived from the live rows' `names` and rebuilt with the index.
+
+    **Threads.** Searches may run in many threads at once. The rebuild happens once, under a lock,
+    into a new `_Searchable` that replaces the old one in a single assignment; `add` and `remove`
+    take the same lock.
     """
 
     def __init__(self) -> None:
         self._tokens: list[list[str]] = []
         self._names: list[dict[str, str]] = []
         self._removed: list[bool] = []
-        self._stale = True
-        self._bm25: bm25s.BM25 | None = None
-        self._bm25_rows = np.zeros(0, dtype=np.int64)
-        self._aliases = AliasTable()
+        self._searchable: _Searchable | None = None     # None: stale, rebuilt by the next search
+        self._lock = threading.Lock()
 
     @classmethod
     def build(cls, texts: Sequence[str], names: Sequence[Mapping[str, str]] | None = None) -> LexicalIndex:
@@ -262,17 +275,22 @@ class LexicalIndex:
                 raise TypeError(f"names of row {row} must map strings to strings, got {doc_names!r}")
             tokens.append(tokenize(text) + alias_tokens(doc_names))
             kept_names.append(dict(doc_names))
-        rows = np.arange(len(self), len(self) + len(texts), dtype=np.int64)
-        self._tokens.extend(tokens)
-        self._names.extend(kept_names)
-        self._removed.extend([False] * len(texts))
-        if rows.size:
-            self._stale = True
+        with self._lock:
+            rows = np.arange(len(self), len(self) + len(texts), dtype=np.int64)
+            self._tokens.extend(tokens)
+            self._names.extend(kept_names)
+            self._removed.extend([False] * len(texts))
+            if rows.size:
+                self._searchable = None
         return rows
 
     def remove(self, rows: Iterable[int]) -> None:
         """Tombstone `rows`; all are checked first, so a bad row leaves the index unchanged."""
         targets = [int(r) for r in rows]
+        with self._lock:
+            self._remove(targets)
+
+    def _remove(self, targets: list[int]) -> None:
         for row in targets:
             if not 0 <= row < len(self):
                 raise IndexError(f"row {row} out of range: the index has rows 0..{len(self) - 1}")
@@ -286,7 +304,11 @@ class LexicalIndex:
             self._tokens[row] = []
             self._names[row] = {}
         if targets:
-            self._stale = True
+            self._searchable = None
+
+    def live_rows(self) -> np.ndarray:
+        """Row numbers not removed, ascending."""
+        return np.flatnonzero(~np.asarray(self._removed, dtype=bool)).astype(np.int64)
 
     def query_tokens(self, query: str) -> list[str]:
         """The tokens `search` scores: the query's own plus its alias expansion, each once.
@@ -294,8 +316,11 @@ class LexicalIndex:
         Deduplicated so that naming a herb by a form that is itself among the expansion (枸杞子)
         scores the same as naming it by another (Lycii Fructus).
         """
-        self._refresh()
-        return list(dict.fromkeys(tokenize(query) + self._aliases.expand(query)))
+        return self._query_tokens(query, self._current())
+
+    @staticmethod
+    def _query_tokens(query: str, searchable: _Searchable) -> list[str]:
+        return list(dict.fromkeys(tokenize(query) + searchable.aliases.expand(query)))
 
     def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The `k` best rows for `query`, best first, as (rows int64, scores float32).
@@ -313,36 +338,40 @@ class LexicalIndex:
                                  f"got dtype {allowed.dtype} and shape {allowed.shape}")
         if self.num_live == 0:
             raise ValueError("cannot search an empty lexical index: add documents first")
-        tokens = self.query_tokens(query)
+        searchable = self._current()
+        tokens = self._query_tokens(query, searchable)
         empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if self._bm25 is None:
+        if searchable.bm25 is None:
             return empty
-        ids = self._bm25.get_tokens_ids(tokens)
+        ids = searchable.bm25.get_tokens_ids(tokens)
         if not ids:
             return empty
-        scores = self._bm25.get_scores_from_ids(ids)
+        scores = searchable.bm25.get_scores_from_ids(ids)
         keep = scores > 0
         if allowed is not None:
-            keep &= allowed[self._bm25_rows]
+            keep &= allowed[searchable.rows]
         hits = np.flatnonzero(keep)
         # A full sort of the hits (not argpartition) so that ties at the k-th place are broken by row.
-        order = np.lexsort((self._bm25_rows[hits], -scores[hits]))[:k]
-        return self._bm25_rows[hits[order]], scores[hits[order]]
+        order = np.lexsort((searchable.rows[hits], -scores[hits]))[:k]
+        return searchable.rows[hits[order]], scores[hits[order]]
 
-    def _refresh(self) -> None:
-        if not self._stale:
-            return
-        self._bm25_rows = np.flatnonzero(~np.asarray(self._removed, dtype=bool)).astype(np.int64)
-        corpus = [self._tokens[row] for row in self._bm25_rows]
-        self._aliases = AliasTable.from_names(self._names[row] for row in self._bm25_rows)
-        # bm25s cannot index a corpus without a single token; such an index simply matches nothing.
-        if any(corpus):
-            # scipy (a dependency anyway) builds the sparse matrix ~1.3x faster than bm25s's numpy path.
-            self._bm25 = bm25s.BM25(csc_backend="scipy")
-            self._bm25.index(corpus, show_progress=False)
-        else:
-            self._bm25 = None
-        self._stale = False
+    def _current(self) -> _Searchable:
+        """The searchable state, rebuilt (once, whichever thread comes first) after a change."""
+        searchable = self._searchable
+        if searchable is not None:
+            return searchable
+        with self._lock:
+            if self._searchable is None:
+                rows = self.live_rows()
+                corpus = [self._tokens[row] for row in rows]
+                bm25 = None
+                # bm25s cannot index a corpus without a single token; such an index simply matches nothing.
+                if any(corpus):
+                    # scipy (a dependency anyway) builds the sparse matrix ~1.3x faster than bm25s's numpy path.
+                    bm25 = bm25s.BM25(csc_backend="scipy")
+                    bm25.index(corpus, show_progress=False)
+                self._searchable = _Searchable(bm25, rows, AliasTable.from_names(self._names[row] for row in rows))
+            return self._searchable
 
     def save(self, directory: Path) -> None:
         """Write the index to `directory`/lexical.json (tokens as vocabulary ids, names, tombstones)."""

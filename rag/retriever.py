@@ -24,7 +24,8 @@ import faiss
 import numpy as np
 
 from rag.corpus import Document
-from rag.encoders import ImageEncoder, ImageInput, TextEncoder, create_image_encoder, create_text_encoder
+from rag.encoders import (ImageEncoder, ImageInput, TextEncoder, create_image_encoder, create_text_encoder,
+                          resolve_device)
 from rag.index_bundle import IndexBundle, check_encoders, load_bundle
 from rag.selection import Selection, select
 
@@ -103,9 +104,17 @@ class Retriever:
     @classmethod
     def load(cls, bundle_dir: str | Path, text_encoder: TextEncoder | str | None = None,
              image_encoder: ImageEncoder | str | None = None, device: str | None = None,
-             verify: bool = True) -> "Retriever":
-        """Load a bundle and its encoders (by default the ones named in its manifest)."""
+             verify: bool = True, search_params: dict[str, int] | None = None) -> "Retriever":
+        """Load a bundle and its encoders (by default the ones named in its manifest).
+
+        `search_params` overrides the approximate-search settings stored at build time, e.g.
+        {"nprobe": 32} (IVF lists visited) or {"ef_search": 128} (HNSW candidates): higher is more
+        accurate and slower. On CUDA with faiss-gpu, the vector indexes are searched on the GPU.
+        """
         bundle = load_bundle(bundle_dir, verify=verify)
+        bundle.set_search_params(search_params or {})
+        if resolve_device(device) == "cuda" and faiss.get_num_gpus() > 0:
+            bundle.use_gpu()
         names = bundle.manifest["encoders"]
         if text_encoder is None or isinstance(text_encoder, str):
             text_encoder = create_text_encoder(text_encoder or names["text"]["name"], device)
@@ -244,14 +253,13 @@ class Retriever:
             index = self.bundle.vectors.get((domain, channel))
             if index is None or index.ntotal == 0:
                 continue
-            params = None
+            allowed_ids = None
             if allowed is not None:
-                ids = self._allowed_ids(channel, allowed, domain)
-                if not len(ids):
+                allowed_ids = self._allowed_ids(channel, allowed, domain)
+                if not len(allowed_ids):
                     continue
-                params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
-            scores, ids = index.search(query[None].astype(np.float32), min(depth * (4 if channel == "image" else 1),
-                                                                           index.ntotal), params=params)
+            scores, ids = index.search(query[None], min(depth * (4 if channel == "image" else 1), index.ntotal),
+                                       self.bundle.search_params, allowed=allowed_ids)
             for score, row in zip(scores[0], ids[0]):
                 if row < 0:
                     continue
