@@ -74,15 +74,16 @@ def weights_fingerprint(name: str, module: torch.nn.Module) -> str:
     """A cheap digest of a module's weights: name, shapes and per-tensor sums.
 
     Hashing every byte of a large model costs seconds at each load; sums of every tensor change
-    whenever weights change in practice, which is what "built with other encoders" needs.
+    whenever weights change in practice, which is what "built with other encoders" needs. Sums run
+    in float64 and are rounded to 9 significant digits: a float32 reduction's order depends on the
+    thread count, and the same weights must give the same digest on every machine.
     """
     h = hashlib.sha256(name.encode())
     for key, tensor in module.state_dict().items():
-        t = tensor.detach().float().cpu()
+        t = tensor.detach().double().cpu()
         h.update(key.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(np.float64(t.sum().item()).tobytes())
-        h.update(np.float64(t.abs().sum().item()).tobytes())
+        h.update(f"{t.sum().item():.8e} {t.abs().sum().item():.8e}".encode())
     return h.hexdigest()[:16]
 
 

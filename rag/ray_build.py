@@ -38,19 +38,10 @@ def _ray():
 class EncoderWorker:
     """A Ray actor holding one encoder, loaded once; encodes the batches Ray Data sends it."""
 
-    def __init__(self, role: str, name: str, fingerprint: str, device: str, batch_size: int, torch_threads: int):
-        import torch
-
+    def __init__(self, role: str, name: str, fingerprint: str, device: str, batch_size: int):
         from rag.encoders import create_image_encoder, create_text_encoder
 
-        # The weights fingerprint sums tensors, and the rounding of those sums depends on torch's thread
-        # count: load under the driver's count (Ray gives a 1-CPU worker one thread), then give it back.
-        worker_threads = torch.get_num_threads()
-        torch.set_num_threads(torch_threads)
-        try:
-            self.encoder = (create_text_encoder if role == "text" else create_image_encoder)(name, device)
-        finally:
-            torch.set_num_threads(worker_threads)
+        self.encoder = (create_text_encoder if role == "text" else create_image_encoder)(name, device)
         if self.encoder.fingerprint != fingerprint:
             raise RuntimeError(f"Ray worker on {socket.gethostname()} loaded the {role} encoder '{name}' with "
                                f"fingerprint {self.encoder.fingerprint}, the driver's has {fingerprint}: install "
@@ -82,11 +73,8 @@ class RayEncoder:
         if not all(isinstance(x, str) or hasattr(x, "__fspath__") for x in items):
             raise TypeError(f"the Ray engine encodes texts and image paths, not in-memory {self.role} objects")
         rows = ray.data.from_items([{"row": i, "item": str(x)} for i, x in enumerate(items)])
-        import torch
-
         encoded = rows.map_batches(
-            EncoderWorker, fn_constructor_args=(self.role, self.name, self.fingerprint, self.device, batch_size,
-                                                torch.get_num_threads()),
+            EncoderWorker, fn_constructor_args=(self.role, self.name, self.fingerprint, self.device, batch_size),
             batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
             num_cpus=None if self.gpus_per_worker else 1, num_gpus=self.gpus_per_worker or None)
         vectors = np.full((len(items), self.dim), np.nan, np.float32)
