@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rag.corpus import read_documents, resolve_image
 from rag.encoders import load_rgb
-from rag.vlm import MedVLMForConditionalGeneration, MedVLMProcessor, atomic_save_dir
+from rag.vlm import IMAGE_TOKEN, MedVLMForConditionalGeneration, MedVLMProcessor, atomic_save_dir
 
 CAPTION_PROMPT = "Describe this image."
 
@@ -85,12 +85,12 @@ def collate(batch: list[tuple[str, Path, str]], processor: MedVLMProcessor) -> d
     """Prompt + caption per row, right-padded; labels only on the caption and its end-of-turn token."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # Every row shares the prompt, so its length (with <image> expanded) is counted once.
+    expanded = prompt.replace(IMAGE_TOKEN, IMAGE_TOKEN * processor.image_seq_length)
+    n_prompt = len(processor.tokenizer(expanded, add_special_tokens=False)["input_ids"])
     rows, labels, images = [], [], []
     for _, image, caption in batch:
-        prompt_ids = processor(text=prompt, images=[load_rgb(image)], return_tensors=None, padding=False)
-        full = processor.tokenizer(prompt.replace("<image>", "<image>" * processor.image_seq_length)
-                                   + caption + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        n_prompt = len(prompt_ids["input_ids"][0])
+        full = processor.tokenizer(expanded + caption + "<|im_end|>", add_special_tokens=False)["input_ids"]
         rows.append(full)
         labels.append([-100] * n_prompt + full[n_prompt:])
         images.append(load_rgb(image))

@@ -368,7 +368,7 @@ def load_vlm(path: str | Path, device: str | None = None) -> tuple[MedVLMForCond
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a saved MedVLM (no config.json); train one with "
-                                "`medrag finetune align` or pass the default name '{DEFAULT_VLM}'")
+                                f"`medrag finetune align` or pass the default name '{DEFAULT_VLM}'")
     model = MedVLMForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
     model.requires_grad_(False)  # from_pretrained marks every loaded weight trainable
     processor = MedVLMProcessor.from_pretrained(path)
