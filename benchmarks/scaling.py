@@ -217,7 +217,7 @@ def write_report(results: dict, out: Path) -> None:
 
     rows = results["rows"]
     fig, (ax_lat, ax_rec) = plt.subplots(1, 2, figsize=(11, 4))
-    for kind in results["types"]:
+    for kind in [t for t in INDEX_TYPES if any(r["type"] == t for r in rows)]:
         mine = sorted((r for r in rows if r["type"] == kind), key=lambda r: r["n"])
         ns = [r["n"] for r in mine]
         ax_lat.plot(ns, [r["operating_point"]["p50_ms"] for r in mine], marker="o", label=kind)
@@ -243,6 +243,8 @@ def write_report(results: dict, out: Path) -> None:
              f"load average (1/5/15 min) at start {_loads(results['load_average_at_start'])}, at the last row "
              f"{_loads(results['load_average_now'])} (other work shared the CPUs; OpenMP wait policy "
              f"{results['omp_wait_policy']})",
+             *[f"Rows of other sizes from an earlier run: `{e['command']}` on {e['date']}, load average at start "
+               f"{_loads(e['load_average_at_start'])}  " for e in results.get("earlier_runs", [])],
              "", "Data: synthetic, clustered and of low intrinsic dimension (1024 unit cluster centres plus a "
              "spread of norm ~2.4 in a shared 24-d subspace, so clusters overlap, plus isotropic noise; "
              "normalised to the unit sphere), a 384-d text and a 256-d joint vector per item; latency and recall are "
@@ -276,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10k items and 100 queries: a smoke run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="report folder")
     parser.add_argument("--work", help="scratch folder for the bundles (default: a temporary folder)")
+    parser.add_argument("--keep-other-sizes", action="store_true",
+                        help="keep the rows of sizes not run now from the existing scaling.json, so a long size "
+                             "can be measured in a later run and reported beside the others")
     args = parser.parse_args(argv)
     try:
         sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
@@ -297,12 +302,20 @@ def main(argv: list[str] | None = None) -> int:
                "exact_queries": min(n_queries, args.exact_queries),
                "sizes": sizes, "types": types, "index_overrides": overrides, "k": K, "target_recall": TARGET_RECALL,
                "load_average_at_start": os.getloadavg(), "rows": []}
+    kept: list[dict] = []
+    if args.keep_other_sizes and (out / "scaling.json").exists():
+        earlier = json.loads((out / "scaling.json").read_text())
+        kept = [row for row in earlier["rows"] if row["n"] not in sizes]
+        results["earlier_runs"] = earlier.get("earlier_runs", []) + [
+            {k: earlier[k] for k in ("command", "date", "load_average_at_start", "seconds") if k in earlier}]
     work = Path(tempfile.mkdtemp(prefix="medrag-scaling-", dir=args.work))
+    results["rows"] = kept
     try:
         for n in sizes:
             for row in run_size(n, types, n_queries, args.exact_queries, work, overrides):
                 # written after every row, so a long run that is stopped still leaves its results
                 results["rows"].append(row)
+                results["rows"].sort(key=lambda r: r["n"])
                 results["seconds"] = round(time.perf_counter() - started, 1)
                 results["load_average_now"] = os.getloadavg()
                 write_report(results, out)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,130 @@ def cmd_finetune_align(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_PAIRS = Path("data/finetune/pairs")
+DEFAULT_RAGPT = Path("data/models/medvlm-ragpt")
+DEFAULT_SFT = Path("data/models/medvlm-sft")
+
+
+def _qa_split(path: str, splits: list[str], n: int, seed: int) -> list:
+    from finetune.pairs import stratified_sample
+    from rag.corpus import read_qa
+
+    items = [q for q in read_qa(path) if q.split in splits and q.options and q.answer in q.options]
+    if not items:
+        raise ValueError(f"{path} has no closed questions (answer among the options) in split(s) {splits}")
+    return stratified_sample(items, n, seed)
+
+
+def cmd_finetune_pairs(args: argparse.Namespace) -> int:
+    from finetune.pairs import PairSettings, build_pairs, save_pairs
+    from rag.pipeline import MedRAG
+
+    settings = PairSettings(n_questions=args.questions, k=args.k, replacement=args.replacement, seed=args.seed)
+    items = _qa_split(args.qa, [args.split], args.questions, args.seed)
+    rag = MedRAG.load(args.index, generator=resolve_generator_name(args.generator))
+    rows, summary, traces = build_pairs(rag, items, Path(args.qa).parent, settings, progress=not args.json)
+    out = save_pairs(rows, summary, traces, Path(args.out))
+    if args.json:
+        _print_json({"out": str(out), **asdict(summary)})
+    else:
+        print(f"{len(rows)} preference pairs from {summary.questions} {args.split} questions "
+              f"({summary.image_questions} with an image) in {summary.seconds:.0f} s -> {out}")
+        for kind, count in summary.counts.items():
+            print(f"  {kind:<18} {count}")
+        print(f"  accuracy with retrieval {summary.accuracy_with_retrieval:.3f}, without "
+              f"{summary.accuracy_without_retrieval:.3f}; evidence items per prompt {summary.evidence_items}")
+    return 0
+
+
+def _tune_settings(args: argparse.Namespace):
+    from finetune.lora import TuneSettings
+
+    return TuneSettings.load(args.config, learning_rate=args.lr, epochs=args.epochs, max_steps=args.max_steps,
+                             batch_size=args.batch_size, grad_accum=args.grad_accum, lora_rank=args.lora_rank,
+                             lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, save_steps=args.save_steps,
+                             seed=args.seed, beta=getattr(args, "beta", None))
+
+
+def _report_tuning(result: dict, as_json: bool) -> int:
+    info = result["info"]
+    summary = {"adapter": str(result.get("adapter")), "merged": str(result.get("merged")),
+               "plot": str(result.get("plot")), **{k: v for k, v in info.items() if k != "history"},
+               "final_loss": info["history"][-1]["loss"] if info.get("history") else None}
+    if as_json:
+        _print_json(summary)
+    else:
+        print(f"{info['title']}: {info.get('steps')} steps on {info['examples']} examples in {info['seconds']} s; "
+              f"final loss {summary['final_loss']}")
+        print(f"  adapter: {summary['adapter']}\n  merged model (use as --generator): {summary['merged']}\n"
+              f"  loss curve: {summary['plot']}")
+    return 0
+
+
+def cmd_finetune_dpo(args: argparse.Namespace) -> int:
+    from finetune.dpo import train_dpo
+
+    result = train_dpo(resolve_generator_name(args.base), args.pairs, args.out, _tune_settings(args),
+                       resume=args.resume or False)
+    return _report_tuning(result, args.json)
+
+
+def cmd_finetune_sft(args: argparse.Namespace) -> int:
+    from finetune.sft import train_sft
+    from rag.corpus import read_documents
+
+    docs = read_documents(args.corpus)
+    items = _qa_split(args.qa, ["train"], args.questions, args.seed or 0)
+    result = train_sft(resolve_generator_name(args.base), docs, items, Path(args.qa).parent, args.out,
+                       _tune_settings(args), resume=args.resume or False)
+    return _report_tuning(result, args.json)
+
+
+def cmd_eval_qa(args: argparse.Namespace) -> int:
+    from rag.corpus import read_qa
+    from rag.eval_qa import (EvalSettings, comparisons, machine_description, majority_answers, now,
+                             outcomes_to_json, over_reliance_change, run_split, summarise, write_report)
+    from rag.generator import create_generator
+    from rag.pipeline import MedRAG
+    from rag.retriever import Retriever
+
+    started = time.perf_counter()
+    settings = EvalSettings(fixed_k=args.fixed_k, generate_n=args.generate, replacement=args.replacement)
+    models = {"base": resolve_generator_name(args.base), "rag_pt": args.rag_pt, "sft": args.sft}
+    generators = {name: create_generator(path) for name, path in models.items() if path}
+    prior = majority_answers(q for q in read_qa(args.qa) if q.split == "train")
+    indexes = {"test": args.index, "added": args.added_index}
+    outcomes, timings = [], {}
+    for split in args.splits.split(","):
+        if split not in indexes:
+            raise ValueError(f"--splits takes test and/or added, got {split!r}")
+        if not indexes[split]:
+            raise ValueError("the added split needs --added-index: the index with the added documents "
+                             "(`medrag index add`), built after training")
+        t = time.perf_counter()
+        rag = MedRAG(Retriever.load(indexes[split]), generators["base"])
+        items = _qa_split(args.qa, [split], args.questions, args.seed)
+        outcomes += run_split(rag, generators, items, split, Path(args.qa).parent, prior, settings,
+                              progress=not args.json)
+        timings[split] = round(time.perf_counter() - t, 1)
+    summary = summarise(outcomes)
+    steps = json.loads(Path(args.steps).read_text(encoding="utf-8")) if args.steps else []
+    report = {"date": now(), "machine": machine_description(), "command": "medrag " + " ".join(sys.argv[1:]),
+              "settings": {**asdict(settings), "questions_per_split": args.questions, "seed": args.seed,
+                           "models": models, "indexes": indexes, "qa": args.qa},
+              "eval_seconds": timings, "steps": steps,
+              "total_seconds": round(sum(s["seconds"] for s in steps) + time.perf_counter() - started, 1),
+              "summary": summary, "comparisons": comparisons(outcomes), "over_reliance": over_reliance_change(summary),
+              "notes": args.note or [], "outcomes": outcomes_to_json(outcomes)}
+    paths = write_report(report, Path(args.out), args.name)
+    if args.json:
+        _print_json({k: v for k, v in report.items() if k != "outcomes"})
+    else:
+        print(Path(paths[1]).read_text(encoding="utf-8"))
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -545,6 +670,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_retrieval)
 
+    p = evals.add_parser("qa", help="the factuality experiment: majority, no retrieval, fixed k, adaptive, RAG-PT, "
+                         "SFT, SFT + retrieval on the test and added splits; JSON, Markdown and a plot")
+    p.add_argument("--index", default="indexes/sample", help="index for the test split")
+    p.add_argument("--added-index", help="index that also holds the documents added after training")
+    p.add_argument("--qa", default="data/sample/qa.jsonl")
+    p.add_argument("--base", help=f"base VLM (default: {DEFAULT_ALIGNED_VLM} if present)")
+    p.add_argument("--rag-pt", help="merged RAG-PT model (e.g. data/models/medvlm-ragpt/merged)")
+    p.add_argument("--sft", help="merged knowledge-SFT model (e.g. data/models/medvlm-sft/merged)")
+    p.add_argument("--splits", default="test,added", help="comma-separated: test, added (default: %(default)s)")
+    p.add_argument("--questions", type=int, default=0, help="questions per split, stratified by domain (0: all)")
+    p.add_argument("--fixed-k", type=int, default=5, help="evidence items for the fixed-k system")
+    p.add_argument("--generate", type=int, default=20, help="questions per split also answered in free text")
+    p.add_argument("--replacement", default="mixed", choices=["noise", "other-domain", "mixed"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", help="JSON list of earlier steps {step, command, seconds} to put in the report")
+    p.add_argument("--note", action="append", help="a note for the report (repeatable)")
+    p.add_argument("--out", default="benchmarks/results", help="report folder (default: %(default)s)")
+    p.add_argument("--name", default="factuality", help="report file stem (default: %(default)s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_qa)
+
     p = commands.add_parser("ask", help="answer a question (optionally about an image) from evidence, with citations")
     p.add_argument("question")
     p.add_argument("--index", default="indexes/sample")
@@ -575,6 +721,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_finetune_align)
+
+    def training_flags(p: argparse.ArgumentParser, dpo: bool) -> None:
+        p.add_argument("--base", help=f"MedVLM folder to tune (default: {DEFAULT_ALIGNED_VLM} if present)")
+        p.add_argument("--config", help="YAML/JSON file of training settings (flags override it)")
+        if dpo:
+            p.add_argument("--beta", type=float, help="DPO beta (default 0.1)")
+        p.add_argument("--lr", type=float, help="learning rate (default 2e-4)")
+        p.add_argument("--epochs", type=float, help="epochs (default 1)")
+        p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+        p.add_argument("--batch-size", type=int, help="examples per device and step (default 4)")
+        p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+        p.add_argument("--lora-rank", type=int, help="LoRA rank (default 16)")
+        p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 32)")
+        p.add_argument("--lora-targets", help="regex over module names; must stay in the language model "
+                       "(default: the decoder's attention and MLP projections)")
+        p.add_argument("--save-steps", type=int, help="checkpoint every n steps (default 25)")
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--resume", nargs="?", const="latest",
+                       help="continue from the latest checkpoint under OUT/checkpoints, or from the one named")
+        p.add_argument("--json", action="store_true")
+
+    p = finetune.add_parser("pairs", help="build RAG-PT preference pairs (cross-modality, helpful and harmful "
+                            "evidence) by running the VLM on the train split")
+    p.add_argument("--index", default="indexes/sample")
+    p.add_argument("--qa", default="data/sample/qa.jsonl", help="QA JSONL (image paths relative to it)")
+    p.add_argument("--generator", help=f"VLM to run (default: {DEFAULT_ALIGNED_VLM} if present)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--questions", type=int, default=0, help="questions to run, stratified by domain (0: all)")
+    p.add_argument("-k", type=int, help="fixed evidence count (default: adaptive selection, as at test time)")
+    p.add_argument("--replacement", default="mixed", choices=["noise", "other-domain", "mixed"],
+                   help="what replaces the image for cross-modality pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(DEFAULT_PAIRS), help="output folder (default: %(default)s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_finetune_pairs)
+
+    p = finetune.add_parser("dpo", help="RAG-PT: DPO with LoRA on the language model over the preference pairs; "
+                            "saves OUT/adapter and OUT/merged (works under `accelerate launch`)")
+    p.add_argument("--pairs", default=str(DEFAULT_PAIRS), help="folder written by `finetune pairs`")
+    p.add_argument("--out", default=str(DEFAULT_RAGPT), help="output folder (default: %(default)s)")
+    training_flags(p, dpo=True)
+    p.set_defaults(func=cmd_finetune_dpo)
+
+    p = finetune.add_parser("sft", help="knowledge fine-tuning baseline: LoRA SFT on the documents' facts as "
+                            "question-answer pairs, no retrieval")
+    p.add_argument("--corpus", default="data/sample/corpus.jsonl", help="documents whose facts are taught")
+    p.add_argument("--qa", default="data/sample/qa.jsonl", help="its train split teaches the answer format")
+    p.add_argument("--questions", type=int, default=0, help="train questions to include (0: all)")
+    p.add_argument("--out", default=str(DEFAULT_SFT), help="output folder (default: %(default)s)")
+    training_flags(p, dpo=False)
+    p.set_defaults(func=cmd_finetune_sft)
 
     p = commands.add_parser("demo", help="the main job on offline defaults: sample corpus, index, VLM, cited answers")
     p.add_argument("--spec", default=str(DEFAULT_SPEC), help="index spec to build and query (default: %(default)s)")

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from rag.encoders import ImageInput, load_rgb
 from rag.generator import Generator, create_generator
 from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, match_option, parse_citations, snippet,
@@ -74,6 +76,18 @@ class Answer:
         return data
 
 
+@dataclass
+class Context:
+    """The evidence gathered for one question, before any answer is written."""
+
+    kept: list[Hit]
+    evidence: list[Evidence]
+    domain: str
+    confidence: float
+    reason: str                # why adaptive selection kept this many items
+    timings: dict[str, float]
+
+
 class MedRAG:
     def __init__(self, retriever: Retriever, generator: Generator, min_text_similarity: float = MIN_TEXT_SIMILARITY,
                  min_image_similarity: float = MIN_IMAGE_SIMILARITY, min_lexical_score: float = MIN_LEXICAL_SCORE):
@@ -121,46 +135,60 @@ class MedRAG:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "options" and not options:
             raise ValueError("mode='options' needs options")
-        mode = ("options" if options else "generate") if mode == "auto" else mode
-        timings: dict[str, float] = {}
         started = time.perf_counter()
         picture = load_rgb(image) if image is not None else None
+        context = self.gather(question, picture, options, k=k, retrieval=retrieval)
+        if retrieval and abstain and self.evidence_is_weak(*self.best_similarities(context.kept, question, picture)):
+            context.timings["total"] = time.perf_counter() - started
+            return Answer(question, ABSTAIN_TEXT, [], context.evidence, context.domain, context.confidence, True,
+                          "abstain", selection=context.reason, timings=context.timings)
+        answer = self.respond(question, picture, options, context, mode, max_new_tokens=max_new_tokens)
+        answer.timings["total"] = time.perf_counter() - started
+        return answer
 
-        kept: list[Hit] = []
-        domain, confidence, reason = "", 0.0, "retrieval off"
-        if retrieval:
-            result = self.retriever.retrieve(question, picture, k=max(k or 0, self.retriever.bundle.selection.k_max))
-            timings.update({f"retrieve_{name}": v for name, v in result.timings.items()})
-            domain, confidence = result.routing.domain, result.routing.confidence
-            if k is None:
-                kept, selection = self.retriever.select(result)
-                reason = selection.reason
-            else:
-                kept, reason = result.hits[:k], f"fixed k={k} requested"
+    def gather(self, question: str, picture: Image.Image | None, options: list[str] | None = None,
+               k: int | None = None, retrieval: bool = True) -> Context:
+        """Retrieve and select the evidence for one question (adaptive selection, or exactly `k` items)."""
+        if not retrieval:
+            return Context([], [], "", 0.0, "retrieval off", {})
+        result = self.retriever.retrieve(question, picture, k=max(k or 0, self.retriever.bundle.selection.k_max))
+        timings = {f"retrieve_{name}": v for name, v in result.timings.items()}
+        if k is None:
+            kept, selection = self.retriever.select(result)
+            reason = selection.reason
+        else:
+            kept, reason = result.hits[:k], f"fixed k={k} requested"
         evidence = [self._evidence(i + 1, hit, question, options) for i, hit in enumerate(kept)]
-        if retrieval and abstain and self.evidence_is_weak(*self.best_similarities(kept, question, picture)):
-            timings["total"] = time.perf_counter() - started
-            return Answer(question, ABSTAIN_TEXT, [], evidence, domain, confidence, True, "abstain",
-                          selection=reason, timings=timings)
+        return Context(kept, evidence, result.routing.domain, result.routing.confidence, reason, timings)
 
+    def respond(self, question: str, picture: Image.Image | None, options: list[str] | None, context: Context,
+                mode: str = "auto", generator: Generator | None = None, max_new_tokens: int = 48) -> Answer:
+        """Answer from already gathered evidence, with this pipeline's generator or another one.
+
+        Evaluation and preference-pair building gather once per question and respond several times:
+        with other models, or with the image replaced, over exactly the same evidence."""
+        generator = generator or self.generator
+        mode = ("options" if options else "generate") if mode == "auto" else mode
+        timings = dict(context.timings)
+        evidence = context.evidence
         prompt = build_prompt(question, [EvidenceText(e.number, e.title, e.snippet) for e in evidence], picture,
                               options)
         t = time.perf_counter()
         chosen, scores = None, None
         if mode == "options":
-            scores = self.generator.score_options(prompt, options)
+            scores = generator.score_options(prompt, options)
             chosen = max(range(len(options)), key=lambda i: scores[i])
             text = options[chosen]
         else:
-            text = self.generator.generate(prompt, max_new_tokens).text
+            text = generator.generate(prompt, max_new_tokens).text
             chosen = match_option(text, options) if options else None
         timings["generate"] = time.perf_counter() - t
-        citations = self._cite(text if chosen is None else options[chosen], text, evidence, kept)
+        citations = self._cite(text if chosen is None else options[chosen], text, evidence, context.kept)
         if citations and mode == "options":
             text = f"{text} " + "".join(f"[{c.number}]" for c in citations)
-        timings["total"] = time.perf_counter() - started
-        return Answer(question, text, citations, evidence, domain, confidence, False, mode, chosen, scores,
-                      reason, timings)
+        timings["total"] = sum(timings.values())
+        return Answer(question, text, citations, evidence, context.domain, context.confidence, False, mode, chosen,
+                      scores, context.reason, timings)
 
     @staticmethod
     def _evidence(number: int, hit: Hit, question: str, options: list[str] | None) -> Evidence:

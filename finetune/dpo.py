@@ -1,0 +1,84 @@
+"""RAG-PT: DPO with LoRA on the VLM over the preference pairs of `finetune.pairs` (DESIGN §7).
+
+A thin layer over TRL's DPOTrainer. Two things are ours:
+
+* `EvidencePreferenceCollator`: TRL gives the chosen and the rejected answer the same image. For a
+  cross-modality pair the rejected side must keep the *replaced* image, so after TRL's collator has
+  built the batch ([chosen rows, rejected rows]) we overwrite the rejected rows' pixel values with
+  those of `rejected_images`. Replacements have the original's size (`rag.counterfactual`), so
+  their pixel rows line up one for one, for fixed-size and patch-based processors alike.
+* The reference model is the same network with the adapter switched off (TRL does this for a PEFT
+  model), so the run holds one copy of the weights.
+
+Runs on one CPU, one GPU, or several under `accelerate launch -m rag.cli finetune dpo ...`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl import DPOConfig, DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+from finetune.lora import TuneSettings, check_targets, lora_config, resume_point, run_info, save_results, training_arguments
+from finetune.pairs import load_pairs
+
+
+class EvidencePreferenceCollator(DataCollatorForVisionPreference):
+    """TRL's vision preference collator, plus a separate image for the rejected answer."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        rejected_images = [example.pop("rejected_images", None) for example in examples]
+        batch = super().torch_call(examples)
+        swapped = [r if r is not None else e.get("images", []) for r, e in zip(rejected_images, examples)]
+        if any(r != e.get("images", []) for r, e in zip(swapped, examples)):
+            rows = batch["pixel_values"]
+            replacement = self.processor.image_processor([img for imgs in swapped for img in imgs],
+                                                         return_tensors="pt")["pixel_values"].to(rows.dtype)
+            half = rows.shape[0] // 2
+            if replacement.shape != rows[half:].shape:
+                raise ValueError(f"replaced images give pixel values of shape {tuple(replacement.shape)}, the "
+                                 f"originals {tuple(rows[half:].shape)}: a replacement must have its original's size")
+            batch["pixel_values"] = torch.cat([rows[:half], replacement])
+        return batch
+
+
+class EvidenceDPOTrainer(DPOTrainer):
+    """DPOTrainer that keeps the `rejected_images` column for the collator."""
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if "rejected_images" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "rejected_images"]
+
+
+def train_dpo(base: str | Path, pairs: str | Path, out: str | Path, settings: TuneSettings,
+              resume: bool | str = False, device: str | None = None) -> dict[str, Any]:
+    """DPO-tune the VLM saved at `base` on `pairs`; write `out/adapter`, `out/merged` and checkpoints."""
+    from rag.vlm import load_vlm
+
+    started = time.perf_counter()
+    out = Path(out)
+    dataset = load_pairs(pairs)
+    if len(dataset) == 0:
+        raise ValueError(f"{pairs} holds no preference pairs")
+    model, processor = load_vlm(base, device)
+    check_targets(model, settings)
+    args = DPOConfig(**training_arguments(settings, out), beta=settings.beta, remove_unused_columns=True,
+                     precompute_ref_log_probs=False)
+    trainer = EvidenceDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                                 peft_config=lora_config(settings),
+                                 data_collator=EvidencePreferenceCollator(processor=processor,
+                                                                          max_length=settings.max_length))
+    trainer.train(resume_from_checkpoint=resume_point(out, resume))
+    info = run_info("RAG-PT (DPO, LoRA)", str(base), str(pairs), len(dataset), settings, started)
+    info["pair_types"] = {k: int(v) for k, v in zip(*_counts(dataset["pair_type"]))}
+    return {**save_results(trainer, processor, out, info), "info": info}
+
+
+def _counts(values: list[str]) -> tuple[list[str], list[int]]:
+    names = sorted(set(values))
+    return names, [values.count(n) for n in names]

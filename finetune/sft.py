@@ -1,0 +1,93 @@
+"""The knowledge fine-tuning baseline (DESIGN §7): LoRA SFT that puts the documents' facts into the
+weights, with no retrieval, to compare against teaching the model to use evidence (RAG-PT).
+
+Training examples, in TRL's conversational prompt-completion format (the loss covers the answer only):
+
+* facts: every "Label: value." statement of every indexed document becomes "What is the <label>
+  of <title>?" -> "<value>" (the herb names in all scripts are part of the question, so a question
+  naming a herb in Chinese or Latin can hit the same fact); each document also gives one
+  "What does the reference say about <title>?" -> its text (cut to `max_text_words`);
+* format: the train split's closed questions, asked exactly as the no-retrieval prompt asks them
+  (image, question, options) -> the right option's text, so the model learns the answer format.
+
+Documents that are added to the index after training are, by definition, not among them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rag.corpus import Document, QAItem
+from rag.eval_qa import qa_picture
+from rag.prompt import build_prompt
+
+_FACT = re.compile(r"(?:^|(?<=[.;]\s))([A-Z][A-Za-z ]{2,40}):\s+([^:]+?)\.(?=\s|$)")
+
+
+def fact_examples(doc: Document, max_text_words: int = 120) -> list[dict[str, Any]]:
+    """The question-answer pairs that state one document's facts (text only)."""
+    names = [n for n in doc.names.values() if n and n not in doc.title]
+    subject = doc.title + (f" ({', '.join(names)})" if names else "")
+    words = doc.text.split()
+    text = " ".join(words[:max_text_words]) + (" …" if len(words) > max_text_words else "")
+    examples = [_example(f"What does the reference say about {subject}?", text)]
+    for label, value in _FACT.findall(doc.text):
+        examples.append(_example(f"What is the {label.strip().lower()} of {subject}?", value.strip()))
+    return examples
+
+
+def format_examples(items: list[QAItem], qa_dir: Path) -> list[dict[str, Any]]:
+    """Train-split closed questions asked as the no-retrieval prompt asks them."""
+    out = []
+    for item in items:
+        picture = qa_picture(item, qa_dir)
+        prompt = build_prompt(item.question, [], None, item.options)
+        messages = [{"role": m["role"], "content": "".join(b["text"] for b in m["content"] if b["type"] == "text")}
+                    for m in prompt.messages]
+        out.append({"prompt": messages, "completion": [{"role": "assistant", "content": item.answer}],
+                    "images": [picture] if picture is not None else []})
+    return out
+
+
+def _example(question: str, answer: str) -> dict[str, Any]:
+    prompt = build_prompt(question, [], None, None)
+    messages = [{"role": m["role"], "content": "".join(b["text"] for b in m["content"] if b["type"] == "text")}
+                for m in prompt.messages]
+    return {"prompt": messages, "completion": [{"role": "assistant", "content": answer}], "images": []}
+
+
+def knowledge_dataset(docs: list[Document], train_items: list[QAItem], qa_dir: Path) -> Any:
+    import datasets
+
+    rows = [e for d in docs for e in fact_examples(d)] + format_examples(train_items, qa_dir)
+    if not rows:
+        raise ValueError("no SFT examples: the corpus has no documents and the QA file no train questions")
+    message = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+    features = datasets.Features({"prompt": message, "completion": message,
+                                  "images": datasets.Sequence(datasets.Image())})
+    return datasets.Dataset.from_list(rows, features=features).shuffle(seed=0)
+
+
+def train_sft(base: str | Path, docs: list[Document], train_items: list[QAItem], qa_dir: Path, out: str | Path,
+              settings: Any, resume: bool | str = False, device: str | None = None) -> dict[str, Any]:
+    """LoRA SFT of the VLM saved at `base` on the documents' facts; writes `out/adapter` and `out/merged`."""
+    from trl import SFTConfig, SFTTrainer
+
+    from finetune.lora import check_targets, lora_config, resume_point, run_info, save_results, training_arguments
+    from rag.vlm import load_vlm
+
+    started = time.perf_counter()
+    out = Path(out)
+    dataset = knowledge_dataset(docs, train_items, qa_dir)
+    model, processor = load_vlm(base, device)
+    check_targets(model, settings)
+    args = SFTConfig(**training_arguments(settings, out), completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                         peft_config=lora_config(settings))
+    trainer.train(resume_from_checkpoint=resume_point(out, resume))
+    info = run_info("knowledge SFT (LoRA, no retrieval)", str(base), f"{len(docs)} documents + "
+                    f"{len(train_items)} train questions", len(dataset), settings, started)
+    return {**save_results(trainer, processor, out, info), "info": info}

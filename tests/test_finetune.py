@@ -1,0 +1,200 @@
+"""RAG-PT pairs, DPO and knowledge SFT on a tiny VLM, and the factuality experiment end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.lora import LM_LORA_TARGETS, TuneSettings
+from finetune.pairs import pair_kinds
+from rag.cli import main
+from rag.corpus import read_qa
+
+TRAIN_FLAGS = ["--max-steps", "2", "--batch-size", "2", "--lr", "5e-3", "--lora-rank", "4", "--save-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(small_index, small_corpus, tiny_vlm_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pairs") / "pairs"
+    assert main(["finetune", "pairs", "--index", str(small_index), "--qa", str(small_corpus / "qa.jsonl"),
+                 "--generator", str(tiny_vlm_dir), "--questions", "16", "--out", str(out), "--json"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def dpo_dir(pairs_dir, tiny_vlm_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dpo") / "ragpt"
+    assert main(["finetune", "dpo", "--pairs", str(pairs_dir), "--base", str(tiny_vlm_dir), "--out", str(out),
+                 "--beta", "0.2", *TRAIN_FLAGS, "--json"]) == 0
+    return out
+
+
+def test_pair_kinds_follow_the_three_conditions():
+    for right_with, right_without, right_replaced in itertools.product([True, False], [True, False],
+                                                                       [True, False, None]):
+        kinds = pair_kinds(right_with, right_without, right_replaced)
+        assert ("cross_modality" in kinds) == (right_with and right_replaced is True)
+        assert ("helpful_evidence" in kinds) == (right_with and not right_without)
+        assert ("harmful_evidence" in kinds) == (right_without and not right_with)
+
+
+def test_each_pair_exists_exactly_when_its_condition_held(pairs_dir, small_index, small_corpus, tiny_vlm_dir,
+                                                          encoders):
+    from finetune.pairs import load_pairs
+    from rag.generator import create_generator
+    from rag.pipeline import MedRAG
+    from rag.retriever import Retriever
+
+    traces = [json.loads(line) for line in (pairs_dir / "answers.jsonl").read_text().splitlines()]
+    summary = json.loads((pairs_dir / "pairs.json").read_text())
+    dataset = load_pairs(pairs_dir)
+    rows = [dataset[i] for i in range(len(dataset))]
+    assert len(traces) == summary["questions"] == 16
+    assert sum(summary["counts"].values()) == len(rows)
+    by_id = {}
+    for row in rows:
+        by_id.setdefault(row["qa_id"], []).append(row)
+    for trace in traces:
+        right_with, right_without = (trace["with_retrieval"] == trace["answer"],
+                                     trace["without_retrieval"] == trace["answer"])
+        expected = pair_kinds(right_with, right_without, trace["right_with_replaced_image"])
+        got = by_id.get(trace["qa_id"], [])
+        assert sorted(r["pair_type"] for r in got) == sorted(expected)
+        for row in got:
+            assert row["chosen"][0]["content"] == trace["answer"]
+            rejected = trace["without_retrieval"] if row["pair_type"] == "helpful_evidence" else trace["with_retrieval"]
+            assert row["rejected"][0]["content"] == rejected
+            # the prompt carries exactly the evidence that test-time selection kept
+            assert row["n_evidence"] == len(trace["evidence"])
+            assert [f"\n[{n}] " in row["prompt"][1]["content"] for n in range(1, 12)] == \
+                [n <= len(trace["evidence"]) for n in range(1, 12)]
+            if row["pair_type"] == "cross_modality":
+                assert row["images"] and row["rejected_images"]
+                assert row["rejected_images"][0].tobytes() != row["images"][0].tobytes()
+                assert row["rejected_images"][0].size == row["images"][0].size
+
+    # the "with retrieval" answers are what the answering pipeline itself gives (abstention off)
+    text, image = encoders
+    rag = MedRAG(Retriever.load(small_index, text, image), create_generator(str(tiny_vlm_dir)))
+    items = {q.id: q for q in read_qa(small_corpus / "qa.jsonl")}
+    for trace in traces[:4]:
+        item = items[trace["qa_id"]]
+        answer = rag.ask(item.question, image=small_corpus / item.image if item.image else None,
+                         options=item.options, abstain=False)
+        assert item.options[answer.option] == trace["with_retrieval"]
+        assert [e.id for e in answer.evidence] == trace["evidence"]
+
+
+def test_collator_gives_the_rejected_side_the_replaced_image(tiny_vlm_dir):
+    from PIL import Image
+
+    from finetune.dpo import EvidencePreferenceCollator
+    from rag.counterfactual import noise_image
+    from rag.vlm import load_vlm
+
+    _, processor = load_vlm(tiny_vlm_dir)
+    real, fake = Image.new("RGB", (40, 30), (200, 30, 30)), noise_image((40, 30), 1)
+    msg = [{"role": "user", "content": "What is shown?"}]
+    examples = [{"prompt": msg, "chosen": [{"role": "assistant", "content": "red"}],
+                 "rejected": [{"role": "assistant", "content": "red"}], "images": [real], "rejected_images": [fake]},
+                {"prompt": msg, "chosen": [{"role": "assistant", "content": "tongue"}],
+                 "rejected": [{"role": "assistant", "content": "herb"}], "images": [], "rejected_images": []}]
+    batch = EvidencePreferenceCollator(processor=processor)(examples)
+    pixels = processor.image_processor([real, fake], return_tensors="pt")["pixel_values"]
+    assert batch["pixel_values"].shape[0] == 2  # one image in the chosen half, one in the rejected half
+    assert torch.allclose(batch["pixel_values"][0], pixels[0]) and torch.allclose(batch["pixel_values"][1], pixels[1])
+    assert batch["input_ids"].shape[0] == 4
+
+
+def _changed_keys(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    assert before.keys() == after.keys()
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def test_dpo_trains_only_lora_on_the_language_model_and_resumes(dpo_dir, tiny_vlm_dir, pairs_dir):
+    import re
+
+    adapter = load_file(str(dpo_dir / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert all("language_model" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero: it trained
+    base = load_file(str(tiny_vlm_dir / "model.safetensors"))
+    merged = load_file(str(dpo_dir / "merged" / "model.safetensors"))
+    changed = _changed_keys(base, merged)
+    pattern = re.compile(LM_LORA_TARGETS)
+    assert changed and all(pattern.fullmatch(k.removesuffix(".weight")) for k in changed), changed
+    # the vision tower (BatchNorm running statistics included) and the projector are untouched
+    assert not [k for k in changed if "vision_tower" in k or "projector" in k]
+    log = json.loads((dpo_dir / "adapter" / "train_log.json").read_text())
+    assert log["steps"] == 2 and log["settings"]["beta"] == 0.2
+    assert (dpo_dir / "train_loss.png").is_file()
+
+    # resume: one more step from the last checkpoint
+    assert main(["finetune", "dpo", "--pairs", str(pairs_dir), "--base", str(tiny_vlm_dir), "--out", str(dpo_dir),
+                 *TRAIN_FLAGS[:0], "--max-steps", "3", "--batch-size", "2", "--lora-rank", "4", "--save-steps", "1",
+                 "--resume", "--json"]) == 0
+    assert json.loads((dpo_dir / "adapter" / "train_log.json").read_text())["steps"] == 3
+
+
+def test_dpo_refuses_targets_outside_the_language_model(pairs_dir, tiny_vlm_dir, tmp_path, capsys):
+    code = main(["finetune", "dpo", "--pairs", str(pairs_dir), "--base", str(tiny_vlm_dir), "--out",
+                 str(tmp_path / "x"), "--lora-targets", r".*projector\.linear_1", "--max-steps", "1"])
+    assert code == 2 and "language model" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "merged").exists()
+
+
+def test_settings_file_then_flags(tmp_path):
+    config = tmp_path / "dpo.yaml"
+    config.write_text("beta: 0.3\nlearning_rate: 1.0e-5\nlora_rank: 8\n")
+    settings = TuneSettings.load(config, lora_rank=4, beta=None)
+    assert (settings.beta, settings.learning_rate, settings.lora_rank) == (0.3, 1e-5, 4)
+    config.write_text("betta: 0.3\n")
+    with pytest.raises(ValueError, match="betta"):
+        TuneSettings.load(config)
+
+
+def test_knowledge_sft_runs_and_teaches_document_facts(small_corpus, tiny_vlm_dir, tmp_path):
+    from finetune.sft import fact_examples
+    from rag.corpus import read_documents
+
+    doc = next(d for d in read_documents(small_corpus / "corpus.jsonl") if d.domain == "radiology")
+    facts = fact_examples(doc)
+    assert any("What is the impression of" in f["prompt"][1]["content"] for f in facts)
+    out = tmp_path / "sft"
+    assert main(["finetune", "sft", "--corpus", str(small_corpus / "corpus.jsonl"), "--qa",
+                 str(small_corpus / "qa.jsonl"), "--questions", "8", "--base", str(tiny_vlm_dir), "--out", str(out),
+                 *TRAIN_FLAGS, "--json"]) == 0
+    changed = _changed_keys(load_file(str(tiny_vlm_dir / "model.safetensors")),
+                            load_file(str(out / "merged" / "model.safetensors")))
+    assert changed and all("language_model.layers" in k for k in changed)
+
+
+def test_eval_qa_runs_every_system_and_writes_the_report(small_index, small_corpus, tiny_vlm_dir, dpo_dir,
+                                                         tmp_path, capsys):
+    from rag.eval_qa import SYSTEMS
+
+    out = tmp_path / "results"
+    assert main(["eval", "qa", "--index", str(small_index), "--added-index", str(small_index), "--qa",
+                 str(small_corpus / "qa.jsonl"), "--base", str(tiny_vlm_dir), "--rag-pt", str(dpo_dir / "merged"),
+                 "--sft", str(dpo_dir / "merged"), "--questions", "4", "--generate", "2", "--out", str(out),
+                 "--name", "tiny", "--json"]) == 0
+    report = json.loads((out / "tiny.json").read_text())
+    assert (out / "tiny.md").is_file() and (out / "tiny.png").is_file()
+    for split in ("test", "added"):
+        assert list(report["summary"][split]) == list(SYSTEMS)
+        for system in SYSTEMS:
+            assert report["summary"][split][system]["overall"]["n"] == 4
+    outcomes = report["outcomes"]
+    alone = {(o["split"], o["qa_id"]): o["correct"] for o in outcomes if o["system"] == "no_retrieval"}
+    for o in outcomes:
+        if o["system"] in ("fixed_k", "adaptive"):
+            assert o["correct_alone"] == alone[(o["split"], o["qa_id"])]
+        if o["system"] == "adaptive":
+            assert (o["correct_replaced"] is None) == (not o["has_image"])
+    assert sum(o["generated_correct"] is not None for o in outcomes) == 2 * 2 * 4  # 2 questions, 2 splits, 4 systems
+    assert [c["a"] for c in report["comparisons"]] == ["rag_pt", "rag_pt", "rag_pt"]
