@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-questions", type=int, default=100, help="questions per split (test, added)")
     parser.add_argument("--generate", type=int, default=12, help="questions per split also answered in free text")
     parser.add_argument("--dpo-epochs", default="3")
+    parser.add_argument("--dpo-lr", default="2e-4")
+    parser.add_argument("--dpo-steps", type=int, help="cap on DPO optimizer steps (batch 4)")
+    parser.add_argument("--sft-steps", type=int, help="cap on SFT optimizer steps (batch 8)")
+    parser.add_argument("--reuse-pairs", action="store_true",
+                        help="keep the pairs of an earlier run in WORK/pairs (their build time is taken from its steps.json)")
     parser.add_argument("--sft-epochs", default="1")
     parser.add_argument("--sft-questions", type=int, default=200, help="train questions in the SFT data")
     parser.add_argument("--work", default="data/experiment", help="where pairs, models and the added index go")
@@ -81,12 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     for old in (ragpt, sft):  # checkpoints of an earlier run must not be resumed by accident
         shutil.rmtree(old, ignore_errors=True)
     rel = lambda p: str(p.relative_to(ROOT))  # noqa: E731  (short paths in the report)
-    run("preference pairs", ["finetune", "pairs", "--generator", base,
-                             "--questions", str(pair_n), "--out", rel(pairs)], steps)
+    if args.reuse_pairs:
+        earlier = json.loads((work / "steps.json").read_text(encoding="utf-8"))
+        steps.append(next(s for s in earlier if s["step"] == "preference pairs"))
+    else:
+        run("preference pairs", ["finetune", "pairs", "--generator", base,
+                                 "--questions", str(pair_n), "--out", rel(pairs)], steps)
+    dpo_limit = limit or (["--max-steps", str(args.dpo_steps)] if args.dpo_steps else [])
+    sft_limit = limit or (["--max-steps", str(args.sft_steps)] if args.sft_steps else [])
     run("RAG-PT (DPO)", ["finetune", "dpo", "--base", base, "--pairs", rel(pairs), "--out", rel(ragpt),
-                         "--epochs", args.dpo_epochs, *limit], steps)
+                         "--epochs", args.dpo_epochs, "--lr", args.dpo_lr, *dpo_limit], steps)
     run("knowledge SFT", ["finetune", "sft", "--base", base, "--questions", str(args.sft_questions),
-                          "--out", rel(sft), "--epochs", args.sft_epochs, "--batch-size", "8", *limit], steps)
+                          "--out", rel(sft), "--epochs", args.sft_epochs, "--batch-size", "8", *sft_limit], steps)
     steps_file = work / "steps.json"
     steps_file.write_text(json.dumps(steps, indent=1), encoding="utf-8")
     pairs_summary = json.loads((pairs / "pairs.json").read_text(encoding="utf-8"))
