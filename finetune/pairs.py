@@ -88,7 +88,7 @@ def stratified_sample(items: list[QAItem], n: int, seed: int) -> list[QAItem]:
     return chosen[:n]
 
 
-def _messages(question: str, evidence: list[EvidenceText], options: list[str] | None) -> list[dict[str, Any]]:
+def text_messages(question: str, evidence: list[EvidenceText], options: list[str] | None) -> list[dict[str, Any]]:
     """The prompt as TRL conversational messages: string contents, the image given separately in
     `images` (TRL inserts its block before the text, exactly where `build_prompt` puts it)."""
     prompt = build_prompt(question, evidence, None, options)
@@ -140,7 +140,7 @@ def build_pairs(rag: MedRAG, items: list[QAItem], qa_dir: Path, settings: PairSe
                         "harmful_evidence": given_with}[kind]
             images = [picture] if picture is not None else []
             rows.append({
-                "prompt": _messages(item.question, evidence, item.options),
+                "prompt": text_messages(item.question, evidence, item.options),
                 "chosen": [{"role": "assistant", "content": item.answer}],
                 "rejected": [{"role": "assistant", "content": rejected}],
                 "images": images,

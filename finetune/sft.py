@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finetune.pairs import text_messages
 from rag.corpus import Document, QAItem
 from rag.eval_qa import qa_picture
-from rag.prompt import build_prompt
 
 _FACT = re.compile(r"(?:^|(?<=[.;]\s))([A-Z][A-Za-z ]{2,40}):\s+([^:]+?)\.(?=\s|$)")
 
@@ -44,19 +44,15 @@ def format_examples(items: list[QAItem], qa_dir: Path) -> list[dict[str, Any]]:
     out = []
     for item in items:
         picture = qa_picture(item, qa_dir)
-        prompt = build_prompt(item.question, [], None, item.options)
-        messages = [{"role": m["role"], "content": "".join(b["text"] for b in m["content"] if b["type"] == "text")}
-                    for m in prompt.messages]
-        out.append({"prompt": messages, "completion": [{"role": "assistant", "content": item.answer}],
+        out.append({"prompt": text_messages(item.question, [], item.options),
+                    "completion": [{"role": "assistant", "content": item.answer}],
                     "images": [picture] if picture is not None else []})
     return out
 
 
 def _example(question: str, answer: str) -> dict[str, Any]:
-    prompt = build_prompt(question, [], None, None)
-    messages = [{"role": m["role"], "content": "".join(b["text"] for b in m["content"] if b["type"] == "text")}
-                for m in prompt.messages]
-    return {"prompt": messages, "completion": [{"role": "assistant", "content": answer}], "images": []}
+    return {"prompt": text_messages(question, [], None), "completion": [{"role": "assistant", "content": answer}],
+            "images": []}
 
 
 def knowledge_dataset(docs: list[Document], train_items: list[QAItem], qa_dir: Path) -> Any:
