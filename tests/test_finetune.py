@@ -111,6 +111,31 @@ def test_collator_gives_the_rejected_side_the_replaced_image(tiny_vlm_dir):
     assert batch["input_ids"].shape[0] == 4
 
 
+def test_compact_answer_scoring_matches_full_scoring(tiny_vlm_dir):
+    from trl.trainer.utils import add_fused_lm_head
+
+    from finetune.dpo import compact_log_probs
+    from rag.vlm import load_vlm
+
+    model, _ = load_vlm(tiny_vlm_dir)
+    add_fused_lm_head(model)
+    model.requires_grad_(True)
+    ids = torch.randint(5, model.config.get_text_config().vocab_size, (2, 12))
+    labels = ids.masked_fill(torch.arange(12) < 9, -100)   # the last 3 tokens are the answer
+
+    def scored() -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        logps = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True).log_probs
+        logps.sum().backward()
+        return logps.detach(), model.get_output_embeddings().weight.grad.clone()
+
+    full_logps, full_grad = scored()
+    with compact_log_probs():
+        compact_logps, compact_grad = scored()
+    assert (compact_logps[:, :8] == 0).all() and (compact_logps[:, 8:] < 0).all()
+    assert torch.allclose(compact_logps, full_logps, atol=1e-5) and torch.allclose(compact_grad, full_grad, atol=1e-5)
+
+
 def _changed_keys(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
     assert before.keys() == after.keys()
     return [k for k in before if not torch.equal(before[k], after[k])]
