@@ -170,10 +170,10 @@ class EfficientNetLite0Encoder(torch.nn.Module):
         self.name = DEFAULT_IMAGE_ENCODER
         self.dim = self.net.num_features
         self.fingerprint = weights_fingerprint(self.name, self.net)
-        self.device = resolve_device(device)
-        self.to(self.device)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.device = resolve_device(device)
+        self.to(self.device)  # after the buffers, so the normalisation constants move with the network
 
     def train(self, mode: bool = True) -> "EfficientNetLite0Encoder":
         return super().train(False)
