@@ -343,7 +343,8 @@ def markdown(report: dict[str, Any], name: str = "factuality") -> str:
     if report.get("steps"):
         lines += ["## Commands and run times", "", "| step | command | seconds |", "|---|---|---|"]
         lines += [f"| {s['step']} | `{s['command']}` | {s['seconds']} |" for s in report["steps"]]
-        lines.append("")
+        command = report["command"].split(" --note ")[0] + (" --note …" if " --note " in report["command"] else "")
+        lines += [f"| evaluation | `{command}` | {round(sum(report['eval_seconds'].values()), 1)} |", ""]
     lines += ["## Settings", "", "```json", json.dumps(report["settings"], indent=2), "```", ""]
     for split in [s for s in ("test", "added") if s in summary]:
         lines += [f"## {split} split", "",
