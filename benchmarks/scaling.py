@@ -243,7 +243,7 @@ def write_report(results: dict, out: Path) -> None:
              f"load average (1/5/15 min) at start {_loads(results['load_average_at_start'])}, at the last row "
              f"{_loads(results['load_average_now'])} (other work shared the CPUs; OpenMP wait policy "
              f"{results['omp_wait_policy']})",
-             *[f"Rows of other sizes from an earlier run: `{e['command']}` on {e['date']}, load average at start "
+             *[f"Rows kept from an earlier run: `{e['command']}` on {e['date']}, load average at start "
                f"{_loads(e['load_average_at_start'])}  " for e in results.get("earlier_runs", [])],
              "", "Data: synthetic, clustered and of low intrinsic dimension (1024 unit cluster centres plus a "
              "spread of norm ~2.4 in a shared 24-d subspace, so clusters overlap, plus isotropic noise; "
@@ -279,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="report folder")
     parser.add_argument("--work", help="scratch folder for the bundles (default: a temporary folder)")
     parser.add_argument("--keep-other-sizes", action="store_true",
-                        help="keep the rows of sizes not run now from the existing scaling.json, so a long size "
-                             "can be measured in a later run and reported beside the others")
+                        help="keep the existing scaling.json's rows for the (size, index type) pairs not run now, "
+                             "and its notes, so a long size can be measured in a later run and reported beside "
+                             "the others")
     args = parser.parse_args(argv)
     try:
         sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     kept: list[dict] = []
     if args.keep_other_sizes and (out / "scaling.json").exists():
         earlier = json.loads((out / "scaling.json").read_text())
-        kept = [row for row in earlier["rows"] if row["n"] not in sizes]
+        kept = [row for row in earlier["rows"] if row["n"] not in sizes or row["type"] not in types]
+        results["notes"] = earlier.get("notes", [])
         results["earlier_runs"] = earlier.get("earlier_runs", []) + [
             {k: earlier[k] for k in ("command", "date", "load_average_at_start", "seconds") if k in earlier}]
     work = Path(tempfile.mkdtemp(prefix="medrag-scaling-", dir=args.work))
