@@ -1,6 +1,6 @@
 """RAG-PT: DPO with LoRA on the VLM over the preference pairs of `finetune.pairs` (DESIGN §7).
 
-A thin layer over TRL's DPOTrainer. Two things are ours:
+A thin layer over TRL's DPOTrainer. Three things are ours:
 
 * `EvidencePreferenceCollator`: TRL gives the chosen and the rejected answer the same image. For a
   cross-modality pair the rejected side must keep the *replaced* image, so after TRL's collator has
