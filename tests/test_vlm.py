@@ -109,3 +109,11 @@ def test_default_vlm_is_built_from_the_offline_weights():
     cnn = EfficientNetLite0Encoder(device="cpu").net.state_dict()
     tower = generator.model.model.vision_tower.state_dict()
     assert all(torch.equal(tower[k], cnn[k]) for k in tower)
+
+
+def test_image_encoder_moves_its_normalisation_constants_with_the_network():
+    """On an H100 `encode` failed because the mean/std buffers stayed on the CPU; "meta" shows it without a GPU."""
+    from rag.encoders import EfficientNetLite0Encoder
+
+    encoder = EfficientNetLite0Encoder(device="meta")
+    assert {t.device.type for t in [*encoder.parameters(), *encoder.buffers()]} == {"meta"}
