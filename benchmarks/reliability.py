@@ -40,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from PIL import Image  # noqa: E402
 
 from rag.cli import main as cli  # noqa: E402
-from rag.corpus import read_qa  # noqa: E402
+from rag.corpus import copy_corpus_slice, read_qa  # noqa: E402
 from rag.encoders import create_image_encoder, create_text_encoder  # noqa: E402
 from rag.index_build import build_index  # noqa: E402
 from rag.index_bundle import MANIFEST_DIGEST, POINTER, BundleError, load_bundle, resolve_version, verify_bundle  # noqa: E402
@@ -70,16 +70,6 @@ def snapshot(bundle: Path) -> dict[str, str]:
 
 def ids(bundle: Path) -> frozenset[str]:
     return frozenset(d.id for d in load_bundle(bundle).docs.values())
-
-
-def subset(corpus: Path, target: Path, name: str, rows: slice) -> Path:
-    lines = (corpus / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[rows]
-    for line in lines:
-        for rel in json.loads(line)["images"]:
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(corpus / rel, target / rel)
-    (target / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return target / name
 
 
 # --- 1. damaged corpora ---------------------------------------------------------------------------
@@ -133,7 +123,7 @@ def bad_records(folder: Path) -> dict[str, bytes]:
 
 def damaged_corpora(work: Path, corpus: Path, index: Path) -> None:
     folder = work / "damaged"
-    good = subset(corpus, folder, "good.jsonl", slice(0, 3)).read_bytes().splitlines()
+    good = copy_corpus_slice(corpus, folder, "good.jsonl", slice(0, 3)).read_bytes().splitlines()
     before = snapshot(index)
     records = bad_records(folder)
     for kind, line in records.items():
@@ -263,9 +253,9 @@ def _kill(proc: subprocess.Popen, bundle: Path, point: str, rng: random.Random, 
 
 def sigkills(work: Path, corpus: Path, encoders, kills: int, rng: random.Random) -> None:
     folder = work / "kill"
-    old_corpus = subset(corpus, folder, "old.jsonl", slice(0, 8))
-    new_corpus = subset(corpus, folder, "new.jsonl", slice(8, 14))
-    extra = subset(corpus, folder, "extra.jsonl", slice(14, 17))
+    old_corpus = copy_corpus_slice(corpus, folder, "old.jsonl", slice(0, 8))
+    new_corpus = copy_corpus_slice(corpus, folder, "new.jsonl", slice(8, 14))
+    extra = copy_corpus_slice(corpus, folder, "extra.jsonl", slice(14, 17))
     out = folder / "index"
 
     def fresh() -> frozenset[str]:
@@ -384,7 +374,7 @@ def main() -> int:
         build_sample_corpus(corpus, seed=0, images_per_doc=2, query_images_per_doc=1,
                             domains=("tcm_tongue", "radiology"), progress=False)
         index = work / "index"
-        build_index(subset(corpus, work / "base", "base.jsonl", slice(0, 24)), index, progress=False,
+        build_index(copy_corpus_slice(corpus, work / "base", "base.jsonl", slice(0, 24)), index, progress=False,
                     text_encoder=encoders[0], image_encoder=encoders[1])
         damaged_corpora(work, corpus, index)
         damaged_bundles(work, index, encoders)

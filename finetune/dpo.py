@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,6 @@ def train_dpo(base: str | Path, pairs: str | Path, out: str | Path, settings: Tu
     with compact_log_probs():
         trainer.train(resume_from_checkpoint=resume_point(out, resume))
     info = run_info("RAG-PT (DPO, LoRA)", str(base), str(pairs), len(dataset), settings, started)
-    info["pair_types"] = {k: int(v) for k, v in zip(*_counts(dataset["pair_type"]))}
+    info["pair_types"] = dict(sorted(Counter(dataset["pair_type"]).items()))
     return {**save_results(trainer, processor, out, info), "info": info}
 
-
-def _counts(values: list[str]) -> tuple[list[str], list[int]]:
-    names = sorted(set(values))
-    return names, [values.count(n) for n in names]

@@ -134,10 +134,11 @@ def save_results(trainer: Any, processor: Any, out: Path, info: dict[str, Any]) 
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
     history = [h for h in trainer.state.log_history if "loss" in h]
     info = {**info, "steps": trainer.state.global_step, "history": history}
+    log = json.dumps(info, indent=1, default=str) + "\n"
 
     def write_adapter(tmp: Path) -> None:
         peft_model.save_pretrained(tmp)
-        (tmp / "train_log.json").write_text(json.dumps(info, indent=1, default=str) + "\n", encoding="utf-8")
+        (tmp / "train_log.json").write_text(log, encoding="utf-8")
 
     adapter = atomic_save_dir(out / "adapter", write_adapter)
     merged_model = peft_model.merge_and_unload()  # folds the LoRA deltas into the base weights in place
@@ -146,7 +147,7 @@ def save_results(trainer: Any, processor: Any, out: Path, info: dict[str, Any]) 
     def write_merged(tmp: Path) -> None:
         merged_model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / "train_log.json").write_text(json.dumps(info, indent=1, default=str) + "\n", encoding="utf-8")
+        (tmp / "train_log.json").write_text(log, encoding="utf-8")
 
     merged = atomic_save_dir(out / "merged", write_merged)
     plot = out / "train_loss.png"

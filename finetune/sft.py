@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finetune.lora import (TuneSettings, check_targets, lora_config, resume_point, run_info, save_results,
+                           training_arguments)
 from finetune.pairs import text_messages
 from rag.corpus import Document, QAItem
 from rag.eval_qa import qa_picture
@@ -68,11 +70,10 @@ def knowledge_dataset(docs: list[Document], train_items: list[QAItem], qa_dir: P
 
 
 def train_sft(base: str | Path, docs: list[Document], train_items: list[QAItem], qa_dir: Path, out: str | Path,
-              settings: Any, resume: bool | str = False, device: str | None = None) -> dict[str, Any]:
+              settings: TuneSettings, resume: bool | str = False, device: str | None = None) -> dict[str, Any]:
     """LoRA SFT of the VLM saved at `base` on the documents' facts; writes `out/adapter` and `out/merged`."""
     from trl import SFTConfig, SFTTrainer
 
-    from finetune.lora import check_targets, lora_config, resume_point, run_info, save_results, training_arguments
     from rag.vlm import load_vlm
 
     started = time.perf_counter()

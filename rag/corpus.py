@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -346,6 +347,20 @@ def write_jsonl(path: str | Path, records: Iterable[Document | QAItem | dict[str
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return count
+
+
+def copy_corpus_slice(corpus_dir: str | Path, target: str | Path, name: str, rows: slice) -> Path:
+    """Copy the records `rows` of `corpus_dir/corpus.jsonl`, with their images, to `target/name`
+    (image paths stay relative to the file): a smaller corpus for a trial build or an `index add`."""
+    corpus_dir, target = Path(corpus_dir), Path(target)
+    lines = (corpus_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[rows]
+    for line in lines:
+        for rel in json.loads(line)["images"]:
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(corpus_dir / rel, target / rel)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target / name
 
 
 def format_problems(report: ValidationReport, limit: int | None = None) -> str:

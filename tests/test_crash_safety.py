@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -19,22 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from rag.corpus import copy_corpus_slice
 from rag.index_build import build_index
 from rag.index_bundle import POINTER, load_bundle, verify_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("CRASH_SEED", "0"))
-
-
-def _subset(small_corpus: Path, target: Path, name: str, rows: slice) -> Path:
-    """A corpus file in `target` with some records of the sample corpus and their images."""
-    lines = (small_corpus / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[rows]
-    for line in lines:
-        for rel in json.loads(line)["images"]:
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(small_corpus / rel, target / rel)
-    (target / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return target / name
 
 
 def _ids(bundle_dir: Path) -> frozenset[str]:
@@ -74,9 +63,9 @@ def _kill_when_staging(proc: subprocess.Popen, bundle_dir: Path, rng: random.Ran
 @pytest.fixture(scope="module")
 def corpora(small_corpus: Path, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("crash")
-    return {"old": _subset(small_corpus, root, "old.jsonl", slice(0, 8)),
-            "new": _subset(small_corpus, root, "new.jsonl", slice(8, 14)),
-            "extra": _subset(small_corpus, root, "extra.jsonl", slice(14, 17))}
+    return {"old": copy_corpus_slice(small_corpus, root, "old.jsonl", slice(0, 8)),
+            "new": copy_corpus_slice(small_corpus, root, "new.jsonl", slice(8, 14)),
+            "extra": copy_corpus_slice(small_corpus, root, "extra.jsonl", slice(14, 17))}
 
 
 def _assert_old_or_new(bundle_dir: Path, old: frozenset[str], new: frozenset[str]) -> frozenset[str]:

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from rag.cli import main
-from rag.corpus import DOMAINS, CorpusError, validate_corpus, write_jsonl
+from rag.corpus import DOMAINS, CorpusError, copy_corpus_slice, validate_corpus, write_jsonl
 from rag.index_build import document_text, load_corpus
 from rag.index_bundle import load_bundle, read_manifest
 from rag.lexical import LexicalIndex
@@ -200,19 +200,9 @@ def test_cli_refuses_damaged_corpus_and_keeps_the_index(assets: Path, live_index
     load_bundle(live_index)
 
 
-def _subset_corpus(small_corpus: Path, target: Path, n: int) -> list[bytes]:
-    """The first `n` records of the sample corpus with their images, in `target`; returns their lines."""
-    lines = (small_corpus / "corpus.jsonl").read_bytes().splitlines()[:n]
-    for line in lines:
-        for rel in json.loads(line)["images"]:
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(small_corpus / rel, target / rel)
-    return lines
-
-
 def test_skip_bad_builds_and_adds_only_the_good_records(small_corpus: Path, small_index: Path, tmp_path: Path) -> None:
     corpus_dir = tmp_path / "corpus"
-    lines = _subset_corpus(small_corpus, corpus_dir, 14)
+    lines = copy_corpus_slice(small_corpus, corpus_dir, "sample.jsonl", slice(0, 14)).read_bytes().splitlines()
     (corpus_dir / "images" / "fake.png").write_text("not an image")
     bad = [b'{"id": "x1", "domain": "radiology", "title": "t", "text": ', b"[]",
            json.dumps({"id": "x2", "domain": "radiology", "title": "t", "text": "r", "images": ["../../etc/passwd"]}).encode(),
