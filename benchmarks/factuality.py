@@ -46,12 +46,13 @@ def run(step: str, args: list[str], steps: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pair-questions", type=int, default=300, help="train questions run to build pairs")
-    parser.add_argument("--eval-questions", type=int, default=100, help="questions per split (test, added)")
+    parser.add_argument("--eval-questions", type=int, default=80, help="questions per split (test, added)")
     parser.add_argument("--generate", type=int, default=12, help="questions per split also answered in free text")
-    parser.add_argument("--dpo-epochs", default="3")
-    parser.add_argument("--dpo-lr", default="2e-4")
+    parser.add_argument("--dpo-epochs", default="2")
+    parser.add_argument("--dpo-lr", default="5e-4")
     parser.add_argument("--dpo-steps", type=int, help="cap on DPO optimizer steps (batch 4)")
-    parser.add_argument("--sft-steps", type=int, help="cap on SFT optimizer steps (batch 8)")
+    parser.add_argument("--sft-steps", type=int, default=40,
+                        help="cap on SFT optimizer steps (batch 8); about 0.2 epoch, to fit in 90 minutes")
     parser.add_argument("--reuse-pairs", action="store_true",
                         help="keep the pairs of an earlier run in WORK/pairs (their build time is taken from its steps.json)")
     parser.add_argument("--sft-epochs", default="1")
