@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from rag.cli import resolve_generator_name  # noqa: E402
 from rag.corpus import read_qa  # noqa: E402
 from rag.pipeline import MedRAG  # noqa: E402
+from rag.selection import select_hits  # noqa: E402
 
 OFF_TOPIC = ["What is the capital of France?", "How do I change the oil in a motorbike gearbox?",
              "Which football club won the 1998 league?", "How many strings does a violin have?",
@@ -45,7 +46,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def best_similarities(rag: MedRAG, question: str, image) -> tuple[float, float, float]:
     result = rag.retriever.retrieve(question, image, k=rag.retriever.bundle.selection.k_max)
-    kept, _ = rag.retriever.select(result)
+    kept, _ = select_hits(result.hits, rag.retriever.bundle.selection)
     return rag.best_similarities(kept, question, image)
 
 

@@ -47,7 +47,7 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.heads import Aligner, DomainRouter  # noqa: E402
+from rag.heads import Aligner, DomainRouter  # noqa: E402
 from rag.corpus import Document  # noqa: E402
 from rag.index_bundle import IndexBundle, load_bundle, save_bundle  # noqa: E402
 from rag.lexical import LexicalIndex  # noqa: E402

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from rag.reporting import new_figure, now, save_figure
+
 LM_LORA_TARGETS = (r".*(language_model|text_model)\.layers\.\d+\."
                    r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))")
 
@@ -156,12 +158,7 @@ def save_results(trainer: Any, processor: Any, out: Path, info: dict[str, Any]) 
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure()
     steps = [h["step"] for h in history]
     ax.plot(steps, [h["loss"] for h in history], label="loss")
     for key in ("rewards/accuracies", "rewards/margins"):
@@ -170,13 +167,10 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set(xlabel="step", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_info(title: str, base: str, data: str, n_examples: int, settings: TuneSettings,
              started: float) -> dict[str, Any]:
     return {"title": title, "base": base, "data": data, "examples": n_examples, "settings": asdict(settings),
-            "seconds": round(time.perf_counter() - started, 1), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                      time.gmtime())}
+            "seconds": round(time.perf_counter() - started, 1), "date": now()}

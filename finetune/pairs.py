@@ -20,7 +20,6 @@ a TRL conversational preference dataset (prompt / chosen / rejected messages plu
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -31,9 +30,9 @@ from tqdm import tqdm
 
 from rag.corpus import QAItem
 from rag.counterfactual import replaced_image
-from rag.eval_qa import image_pool, qa_picture
 from rag.pipeline import MedRAG
 from rag.prompt import EvidenceText, build_prompt
+from rag.qa_inputs import image_pool, qa_picture
 
 PAIR_KINDS = ("cross_modality", "helpful_evidence", "harmful_evidence")
 
@@ -72,22 +71,6 @@ def pair_kinds(right_with: bool, right_without: bool, right_replaced: bool | Non
     return kinds
 
 
-def stratified_sample(items: list[QAItem], n: int, seed: int) -> list[QAItem]:
-    """`n` items spread over domains in proportion to their share (all items when n is 0 or too big)."""
-    if n <= 0 or n >= len(items):
-        return list(items)
-    rng = random.Random(seed)
-    by_domain: dict[str, list[QAItem]] = {}
-    for item in items:
-        by_domain.setdefault(item.domain, []).append(item)
-    chosen: list[QAItem] = []
-    for domain, group in sorted(by_domain.items()):
-        share = max(1, round(n * len(group) / len(items)))
-        chosen.extend(rng.sample(group, min(share, len(group))))
-    rng.shuffle(chosen)
-    return chosen[:n]
-
-
 def text_messages(question: str, evidence: list[EvidenceText], options: list[str] | None) -> list[dict[str, Any]]:
     """The prompt as TRL conversational messages: string contents, the image given separately in
     `images` (TRL inserts its block before the text, exactly where `build_prompt` puts it)."""
@@ -103,7 +86,7 @@ def build_pairs(rag: MedRAG, items: list[QAItem], qa_dir: Path, settings: PairSe
     Returns the pair rows, the counts, and one trace per question (its answers in each condition),
     saved beside the pairs so every pair can be checked against the condition that produced it."""
     started = time.perf_counter()
-    pool = image_pool(rag.retriever)
+    pool = image_pool(rag.retriever.bundle.docs.values())
     rows: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     by_domain: dict[str, Counter[str]] = {}

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from rag.corpus import read_documents, resolve_image
 from rag.encoders import load_rgb
+from rag.reporting import new_figure, save_figure
 from rag.vlm import IMAGE_TOKEN, MedVLMForConditionalGeneration, MedVLMProcessor, atomic_save_dir
 
 CAPTION_PROMPT = "Describe this image."
@@ -163,21 +164,14 @@ def train_projector(model: MedVLMForConditionalGeneration, processor: MedVLMProc
 
 
 def plot_losses(log: AlignLog, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure()
     ax.plot(log.steps, log.train_loss, label="train", alpha=0.6)
     ax.plot(log.val_steps, log.val_loss, marker="o", label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("caption loss (nats/token)")
     ax.set_title("Projector alignment")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_aligned(model: MedVLMForConditionalGeneration, processor: MedVLMProcessor, log: AlignLog,

@@ -24,7 +24,7 @@ from finetune.lora import (TuneSettings, check_targets, lora_config, resume_poin
                            training_arguments)
 from finetune.pairs import text_messages
 from rag.corpus import Document, QAItem
-from rag.eval_qa import qa_picture
+from rag.qa_inputs import qa_picture
 
 _FACT = re.compile(r"(?:^|(?<=[.;]\s))([A-Z][A-Za-z ]{2,40}):\s+([^:]+?)\.(?=\s|$)")
 

@@ -224,13 +224,14 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from rag.retriever import Retriever
+    from rag.selection import select_hits
 
     search_params = {k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if v is not None}
     retriever = Retriever.load(args.index, search_params=search_params)
     filters = dict(f.split("=", 1) for f in args.filter or [])
     result = retriever.retrieve(args.question, image=args.image, k=args.k, domains=args.domain or None,
                                 channels=args.channel or None, routing=not args.no_routing, filters=filters or None)
-    kept, selection = retriever.select(result, rule=args.rule)
+    kept, selection = select_hits(result.hits, retriever.bundle.selection, rule=args.rule)
     if args.json:
         data = result.to_json()
         data["selection"] = {"k": selection.k, "rule": selection.rule, "reason": selection.reason}

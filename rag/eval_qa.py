@@ -34,23 +34,21 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from rag.corpus import QAItem
 from rag.counterfactual import replaced_image
-from rag.encoders import load_rgb
 from rag.generator import Generator
 from rag.pipeline import Answer, MedRAG
-from rag.retriever import Retriever
+from rag.qa_inputs import image_pool, qa_picture
+from rag.reporting import new_figure, save_figure
+from rag.text import words
 
 SYSTEMS = ("majority", "no_retrieval", "fixed_k", "adaptive", "rag_pt", "sft", "sft_retrieval")
 # system -> (model, evidence): model "base" / "rag_pt" / "sft"; evidence "none" / "fixed" / "adaptive"
@@ -58,7 +56,6 @@ SYSTEM_SETUP = {"no_retrieval": ("base", "none"), "fixed_k": ("base", "fixed"), 
                 "rag_pt": ("rag_pt", "adaptive"), "sft": ("sft", "none"), "sft_retrieval": ("sft", "adaptive")}
 # The systems whose generated (free-text) answers are also scored on the generate_n subset.
 GENERATED_SYSTEMS = ("no_retrieval", "adaptive", "rag_pt", "sft")
-_TOKEN = re.compile(r"[\w\u4e00-\u9fff]+", re.UNICODE)
 
 
 @dataclass
@@ -83,24 +80,6 @@ class Outcome:
 
 # --- inputs ---------------------------------------------------------------------------------------
 
-def qa_picture(item: QAItem, qa_dir: Path) -> Image.Image | None:
-    """The question's image, loaded once (QA image paths are relative to the QA file's folder)."""
-    if not item.image:
-        return None
-    path = Path(qa_dir) / item.image
-    if not path.is_file():
-        raise FileNotFoundError(f"QA item {item.id}: image {path} not found (paths are relative to the QA file)")
-    return load_rgb(path)
-
-
-def image_pool(retriever: Retriever) -> dict[str, list[Path]]:
-    """Domain -> the indexed documents' image files: where replacement images from other domains come from."""
-    pool: dict[str, list[Path]] = {}
-    for doc in retriever.bundle.docs.values():
-        pool.setdefault(doc.domain, []).extend(Path(p) for p in doc.images)
-    return {d: sorted(paths) for d, paths in pool.items() if paths}
-
-
 def majority_answers(train: Iterable[QAItem]) -> Counter[str]:
     """How often each answer text is right on the train split (the majority-class baseline's prior)."""
     return Counter(item.answer for item in train)
@@ -115,7 +94,7 @@ def majority_choice(options: Sequence[str], prior: Counter[str]) -> str:
 
 def token_f1(predicted: str, reference: str) -> float:
     """SQuAD-style token F1 (lower-cased word tokens, bag overlap)."""
-    p, r = _TOKEN.findall(predicted.lower()), _TOKEN.findall(reference.lower())
+    p, r = words(predicted), words(reference)
     if not p or not r:
         return float(p == r)
     common = sum((Counter(p) & Counter(r)).values())
@@ -212,7 +191,7 @@ def _outcome(system: str, split: str, item: QAItem, answer: Answer) -> Outcome:
 def run_split(rag: MedRAG, generators: dict[str, Generator], items: list[QAItem], split: str, qa_dir: Path,
               prior: Counter[str], settings: EvalSettings, progress: bool = True) -> list[Outcome]:
     """Answer `items` with every system whose model is in `generators` ("base", "rag_pt", "sft")."""
-    pool = image_pool(rag.retriever)
+    pool = image_pool(rag.retriever.bundle.docs.values())
     systems = [s for s, (model, _) in SYSTEM_SETUP.items() if model in generators]
     outcomes: list[Outcome] = []
     for i, item in enumerate(tqdm(items, desc=f"{split}: {len(systems) + 1} systems", unit="q",
@@ -288,15 +267,10 @@ def over_reliance_change(summary: dict[str, Any]) -> dict[str, Any] | None:
 
 def write_report(report: dict[str, Any], out: Path, name: str = "factuality") -> list[Path]:
     """`<name>.json`, `<name>.md` and `<name>.png` (accuracy per system and split, 95% intervals)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out.mkdir(parents=True, exist_ok=True)
     summary = report["summary"]
     splits = [s for s in ("test", "added") if s in summary]
-    fig, axes = plt.subplots(1, len(splits) + 1, figsize=(6 * (len(splits) + 1), 4.2))
+    fig, axes = new_figure(len(splits) + 1, figsize=(6 * (len(splits) + 1), 4.2))
     for ax, split in zip(axes, splits):
         systems = [s for s in SYSTEMS if s in summary[split]]
         acc = [summary[split][s]["overall"]["accuracy"] for s in systems]
@@ -319,9 +293,7 @@ def write_report(report: dict[str, Any], out: Path, name: str = "factuality") ->
     ax.set(ylim=(0, 1), title="alignment rates, test split (lower is better)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / f"{name}.png")
 
     (out / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / f"{name}.md").write_text(markdown(report, name), encoding="utf-8")
@@ -380,26 +352,6 @@ def markdown(report: dict[str, Any], name: str = "factuality") -> str:
     if report.get("notes"):
         lines += ["## Notes", "", *(f"- {n}" for n in report["notes"]), ""]
     return "\n".join(lines)
-
-
-def machine_description() -> str:
-    import os
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def outcomes_to_json(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:

@@ -19,23 +19,15 @@ import inspect
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from rag.encoders import ModelNotAvailableError, resolve_device
+from rag.prompt import Prompt
 from rag.vlm import DEFAULT_VLM, MedVLMConfig, build_default_vlm, cache_dir, load_vlm
-
-
-@dataclass
-class Prompt:
-    """Chat messages in the list-of-blocks format plus the images, in the order of their image blocks."""
-
-    messages: list[dict[str, Any]]
-    images: list[Image.Image] = field(default_factory=list)
 
 
 @dataclass

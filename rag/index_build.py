@@ -8,7 +8,6 @@ is already there or retraining the heads; they too write a new version and swap 
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,13 +16,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from finetune.heads import train_aligner, train_router
+from rag.heads import train_aligner, train_router
 from rag.corpus import DOMAINS, CorpusError, Document, QAItem, format_problems, read_qa, validate_corpus, read_documents
 from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
                           create_image_encoder, create_text_encoder)
 from rag.index_bundle import IndexBundle, load_bundle, save_bundle
 from rag.lexical import LexicalIndex
 from rag.selection import SelectionConfig, calibrate
+from rag.text import sentences
 from rag.vector_index import ChannelIndex, VectorIndexConfig
 
 ENGINES = ("local", "ray")
@@ -117,22 +117,19 @@ def embed(docs: list[Document], text_encoder: TextEncoder, image_encoder: ImageE
     return Embedded(docs=docs, text=text, images=images, image_doc=np.asarray(owner, dtype=np.int64))
 
 
-_SENTENCE = re.compile(r"(?<=[.!?。；;])\s+")
-
-
 def _router_text_samples(emb: Embedded, text_encoder: TextEncoder, questions: list[QAItem],
                          domain_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """Text router data: whole documents, their sentences, and training questions (the real query form)."""
-    sentences, labels = [], []
+    samples, labels = [], []
     for doc in emb.docs:
-        for sentence in _SENTENCE.split(doc.text):
+        for sentence in sentences(doc.text):
             if len(sentence.split()) >= 4 or len(sentence) >= 8:
-                sentences.append(sentence)
+                samples.append(sentence)
                 labels.append(domain_index[doc.domain])
     for item in questions:
-        sentences.append(item.question)
+        samples.append(item.question)
         labels.append(domain_index[item.domain])
-    features = text_encoder.encode(sentences, batch_size=64) if sentences else np.zeros((0, emb.text.shape[1]), np.float32)
+    features = text_encoder.encode(samples, batch_size=64) if samples else np.zeros((0, emb.text.shape[1]), np.float32)
     x = np.concatenate([emb.text, features])
     y = np.concatenate([[domain_index[d.domain] for d in emb.docs], labels]).astype(np.int64)
     return x.astype(np.float32), y

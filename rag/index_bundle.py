@@ -39,7 +39,7 @@ from typing import Any
 import faiss
 from safetensors.torch import load_file, save_file
 
-from finetune.heads import Aligner, DomainRouter
+from rag.heads import Aligner, DomainRouter
 from rag.corpus import Document
 from rag.lexical import LexicalIndex
 from rag.selection import SelectionConfig

@@ -31,19 +31,19 @@ import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
-# Chinese Han characters: Extension A + the unified block, compatibility ideographs, Extension B.
-_CJK = "\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002a6df"
-_CJK_RUN = re.compile(f"[{_CJK}]+")
+from rag.text import CJK
+
+CJK_RUN = re.compile(f"[{CJK}]+")
 # A Latin-script (or other non-CJK) word: letters and digits only, so "T2-weighted" → t2, weighted,
 # and no word ever contains "_", which keeps the canonical alias tokens out of reach of real text.
-_WORD = re.compile(rf"[^\W_{_CJK}]+")
+_WORD = re.compile(rf"[^\W_{CJK}]+")
 # A matching unit for aliases: a whole word, or one Han character (so Chinese names match as
 # substrings of unspaced Chinese questions).
-_UNIT = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+_UNIT = re.compile(rf"[{CJK}]|[^\W_{CJK}]+")
 # Combining diacritics used by Latin script (é, ü, pinyin ǒ); other scripts' marks are meaningful.
 _LATIN_MARKS = re.compile("[\u0300-\u036f]")
 # A space beside a Han character, dropped when joining units back into text: Chinese has none.
-_SPACE_BY_CJK = re.compile(f" (?=[{_CJK}])|(?<=[{_CJK}]) ")
+_SPACE_BYCJK = re.compile(f" (?=[{CJK}])|(?<=[{CJK}]) ")
 _STOPWORDS = frozenset(STOPWORDS_EN)
 
 ALIAS_PREFIX = "__alias_"
@@ -71,7 +71,7 @@ def tokenize(text: str) -> list[str]:
     text = normalize(text)
     tokens: list[str] = []
     position = 0
-    for run in _CJK_RUN.finditer(text):
+    for run in CJK_RUN.finditer(text):
         tokens.extend(_words(text[position:run.start()]))
         chars = run.group()
         tokens.extend(chars)
@@ -91,7 +91,7 @@ def _units(normalized: str) -> list[str]:
 
 def _join(units: Sequence[str]) -> str:
     """Units back to text: words space-separated, Han characters kept together ("枸杞子", "gou qi zi")."""
-    return _SPACE_BY_CJK.sub("", " ".join(units))
+    return _SPACE_BYCJK.sub("", " ".join(units))
 
 
 def alias_variants(names: Mapping[str, str]) -> set[str]:

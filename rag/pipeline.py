@@ -24,6 +24,7 @@ from rag.generator import Generator, create_generator
 from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, match_option, parse_citations, snippet,
                         supporting_evidence)
 from rag.retriever import Hit, Retriever
+from rag.selection import select_hits
 from rag.vlm import DEFAULT_VLM
 
 # How close the best kept evidence must be for the system to answer: question->text cosine, image->
@@ -154,7 +155,7 @@ class MedRAG:
         result = self.retriever.retrieve(question, picture, k=max(k or 0, self.retriever.bundle.selection.k_max))
         timings = {f"retrieve_{name}": v for name, v in result.timings.items()}
         if k is None:
-            kept, selection = self.retriever.select(result)
+            kept, selection = select_hits(result.hits, self.retriever.bundle.selection)
             reason = selection.reason
         else:
             kept, reason = result.hits[:k], f"fixed k={k} requested"

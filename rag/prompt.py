@@ -10,23 +10,27 @@ so training prompts carry exactly as many evidence items as test prompts (DESIGN
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from rag.generator import Prompt
+from rag.text import content_words, sentences
 
 SYSTEM = ("You are a careful medical assistant. Answer the question using the numbered evidence and cite the "
           "items you used like [1]. If the evidence does not answer the question, say so.")
 SYSTEM_NO_EVIDENCE = "You are a careful medical assistant. Answer the question briefly."
 ABSTAIN_TEXT = "The evidence does not answer this question."
 SNIPPET_WORDS = 60
-_WORD = re.compile(r"[\w\u4e00-\u9fff]+", re.UNICODE)
-_SENTENCE = re.compile(r"(?<=[.;!?。；])\s+")
 _CITATION = re.compile(r"\[(\d{1,3})\]")
-_STOP = frozenset("a an the of in on and or to is are was were what which does do this that with for by as at "
-                  "from be it its how who whom whose why when where".split())
+
+
+@dataclass
+class Prompt:
+    """Chat messages in the list-of-blocks format plus the images, in the order of their image blocks."""
+
+    messages: list[dict[str, Any]]
+    images: list[Image.Image] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -36,25 +40,21 @@ class EvidenceText:
     snippet: str
 
 
-def _words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text)} - _STOP
-
-
 def snippet(text: str, query: str, max_words: int = SNIPPET_WORDS) -> str:
     """The sentences of `text` most related to `query`, kept in document order, within `max_words`."""
-    sentences = [s for s in _SENTENCE.split(text.strip()) if s]
-    wanted = _words(query)
-    ranked = sorted(range(len(sentences)), key=lambda i: (-len(_words(sentences[i]) & wanted), i))
+    parts = sentences(text)
+    wanted = content_words(query)
+    ranked = sorted(range(len(parts)), key=lambda i: (-len(content_words(parts[i]) & wanted), i))
     chosen, used = [], 0
     for i in ranked:
-        n = len(sentences[i].split())
+        n = len(parts[i].split())
         if used and used + n > max_words:
             continue
         chosen.append(i)
         used += n
         if used >= max_words:
             break
-    out = " ".join(sentences[i] for i in sorted(chosen))
+    out = " ".join(parts[i] for i in sorted(chosen))
     words = out.split()
     return out if len(words) <= max_words else " ".join(words[:max_words]) + " …"
 
@@ -103,7 +103,7 @@ def match_option(text: str, options: list[str]) -> int | None:
     contained = [i for i, o in enumerate(options) if o.lower() in lowered]
     if contained:
         return max(contained, key=lambda i: len(options[i]))
-    overlap = [len(_words(o) & _words(stripped)) for o in options]
+    overlap = [len(content_words(o) & content_words(stripped)) for o in options]
     best = max(range(len(options)), key=lambda i: overlap[i])
     return best if overlap[best] > 0 else None
 
@@ -115,7 +115,7 @@ def supporting_evidence(answer: str, evidence: list[EvidenceText], full_texts: l
     verbatim = [e.number for e, t in zip(evidence, full_texts) if lowered and lowered in t.lower()]
     if verbatim:
         return verbatim[:3]
-    wanted = _words(answer)
-    overlap = [(len(_words(t) & wanted), -e.number) for e, t in zip(evidence, full_texts)]
+    wanted = content_words(answer)
+    overlap = [(len(content_words(t) & wanted), -e.number) for e, t in zip(evidence, full_texts)]
     best = max(range(len(evidence)), key=lambda i: overlap[i]) if evidence else None
     return [evidence[best].number] if best is not None else []

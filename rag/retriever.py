@@ -27,7 +27,6 @@ from rag.corpus import Document
 from rag.encoders import (ImageEncoder, ImageInput, TextEncoder, create_image_encoder, create_text_encoder,
                           resolve_device)
 from rag.index_bundle import IndexBundle, check_encoders, load_bundle
-from rag.selection import Selection, select
 
 CHANNELS = ("text", "bm25", "joint", "image")
 RRF_K = 60  # Cormack et al. (2009): robust across collections; ranks, not raw scores, are fused
@@ -217,11 +216,6 @@ class Retriever:
         """Per-channel RRF weights for this kind of query, calibrated on the val split at build time."""
         kind = query_kind(question, image)
         return self.bundle.manifest.get("fusion", {}).get(kind, {})
-
-    def select(self, result: RetrievalResult, rule: str | None = None) -> tuple[list[Hit], Selection]:
-        """Adaptive context selection on the fused scores, with the bundle's calibrated parameters."""
-        selection = select([h.score for h in result.hits], self.bundle.selection, rule=rule)
-        return result.hits[:selection.k], selection
 
     def _allowed_numbers(self, domains: list[str], filters: dict[str, Any] | None) -> set[int] | None:
         if not filters:

@@ -26,12 +26,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from scipy.stats import beta
 
 RULES: tuple[str, ...] = ("gap", "relative", "fixed", "rule")
+
+
+class _Scored(Protocol):
+    score: float
+
+
+Ranked = TypeVar("Ranked", bound=_Scored)   # a retrieval hit, or anything else ranked by a positive score
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,12 @@ def select(scores: Sequence[float], config: SelectionConfig, rule: str | None = 
     if rule == "fixed":
         return chosen if note is None else replace(chosen, reason=f"{chosen.reason} ({note})")
     return replace(chosen, rule="rule", reason=f"RULE: {chosen.reason} ({note or 'k set by hand, not calibrated'})")
+
+
+def select_hits(hits: Sequence[Ranked], config: SelectionConfig, rule: str | None = None) -> tuple[list[Ranked], Selection]:
+    """The query path's selection stage: keep the first k of the ranked hits, by their `score`."""
+    selection = select([h.score for h in hits], config, rule=rule)
+    return list(hits[:selection.k]), selection
 
 
 def gap_cut(scores: Sequence[float], gamma: float, k_min: int = 1, k_max: int = 10) -> Selection:

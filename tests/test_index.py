@@ -12,6 +12,7 @@ from rag.corpus import read_documents, read_qa
 from rag.index_build import add_documents, bundle_info, remove_documents
 from rag.index_bundle import BundleError, load_bundle, read_manifest, resolve_version
 from rag.retriever import Retriever
+from rag.selection import select_hits
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_selection_explains_its_cut(small_corpus: Path, retriever: Retriever) ->
     item = next(q for q in read_qa(small_corpus / "qa.jsonl") if q.split == "test")
     result = retriever.retrieve(item.question, k=10)
     for rule in ("gap", "relative", "fixed", "rule"):
-        kept, selection = retriever.select(result, rule=rule)
+        kept, selection = select_hits(result.hits, retriever.bundle.selection, rule=rule)
         assert 1 <= selection.k == len(kept) <= 10 and selection.reason
 
 

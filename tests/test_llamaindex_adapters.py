@@ -17,7 +17,7 @@ from rag.corpus import QAItem, read_qa
 from rag.index_bundle import load_bundle
 from rag.llamaindex_adapters import AdaptiveSelectionPostprocessor, MedRAGRetriever, as_query_engine
 from rag.retriever import RetrievalResult, Retriever
-from rag.selection import RULES, SelectionConfig, select
+from rag.selection import RULES, SelectionConfig, select, select_hits
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -112,7 +112,7 @@ def test_postprocessor_keeps_what_select_keeps(retriever: Retriever, text_runs, 
         before = [dict(n.node.metadata) for n in nodes]
         kept = post.postprocess_nodes(nodes)
         expected = select([n.score for n in nodes], config, rule=rule)
-        core_hits, core_selection = retriever.select(result, rule=rule)
+        core_hits, core_selection = select_hits(result.hits, retriever.bundle.selection, rule=rule)
         assert post.last_selection == expected == core_selection
         assert [n.node.node_id for n in kept] == [n.node.node_id for n in nodes[:expected.k]] == \
                [h.doc.id for h in core_hits]
@@ -152,7 +152,7 @@ def test_query_engine_answers_with_the_selected_evidence(retriever: Retriever, q
     for query, kwargs in [(item.question, {}), (QueryBundle(item.question, image_path=image_path(small_corpus, item)),
                                                 {"image": image_path(small_corpus, item)})]:
         response = engine.query(query)
-        hits, selection = retriever.select(retriever.retrieve(item.question, k=10, **kwargs))
+        hits, selection = select_hits(retriever.retrieve(item.question, k=10, **kwargs).hits, retriever.bundle.selection)
         assert isinstance(response.response, str) and response.response
         assert [n.node.node_id for n in response.source_nodes] == [h.doc.id for h in hits]
         assert [n.score for n in response.source_nodes] == [h.score for h in hits]
