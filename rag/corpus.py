@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,26 +224,7 @@ def _doc_problems(record: dict[str, Any], corpus_dir: Path, check_images: bool) 
 def validate_corpus(path: str | Path, check_images: bool = True) -> ValidationReport:
     """Check every line of a corpus JSONL file and return all problems found."""
     path = Path(path)
-    report = ValidationReport(str(path))
-    if not path.is_file():
-        report.problems.append(Problem(str(path), 0, None, "corpus file not found"))
-        return report
-    seen: dict[str, int] = {}
-    for number, raw in iter_jsonl_lines(path):
-        report.records += 1
-        record, problem = parse_jsonl_line(path, number, raw)
-        if problem:
-            report.problems.append(problem)
-            continue
-        rid = record.get("id") if isinstance(record.get("id"), str) else None
-        for message in _doc_problems(record, path.parent, check_images):
-            report.problems.append(Problem(str(path), number, rid, message))
-        if rid is not None:
-            if rid in seen:
-                report.problems.append(Problem(str(path), number, rid, f"duplicate id (first on line {seen[rid]})"))
-            else:
-                seen[rid] = number
-    return report
+    return _validate_jsonl(path, "corpus file not found", lambda record: _doc_problems(record, path.parent, check_images))
 
 
 _QA_TYPES: dict[str, tuple[type, ...]] = {
@@ -255,9 +236,40 @@ _QA_TYPES: dict[str, tuple[type, ...]] = {
 def validate_qa(path: str | Path, doc_ids: set[str] | None = None, check_images: bool = True) -> ValidationReport:
     """Check a QA JSONL file; with `doc_ids`, also that every item points at a known document."""
     path = Path(path)
+    return _validate_jsonl(path, "QA file not found",
+                           lambda record: _qa_problems(record, path.parent, doc_ids, check_images))
+
+
+def _qa_problems(record: dict[str, Any], qa_dir: Path, doc_ids: set[str] | None, check_images: bool) -> list[str]:
+    errors = _check_types(record, _QA_TYPES, ("id", "question", "answer", "doc_id", "domain", "split"))
+    if errors:
+        return errors
+    if not record["question"].strip():
+        errors.append("empty question")
+    if record["domain"] not in DOMAINS:
+        errors.append(f"unknown domain '{record['domain']}'")
+    if record["split"] not in SPLITS:
+        errors.append(f"unknown split '{record['split']}' (expected one of {', '.join(SPLITS)})")
+    options = record.get("options")
+    if options is not None and record["answer"] not in options:
+        errors.append(f"answer '{record['answer']}' is not one of the options")
+    if doc_ids is not None and record["doc_id"] not in doc_ids:
+        errors.append(f"doc_id '{record['doc_id']}' is not in the corpus")
+    if record.get("image"):
+        target, why = resolve_image(qa_dir, record["image"])
+        if why is None and check_images:
+            why = check_image(target)
+        if why:
+            errors.append(why)
+    return errors
+
+
+def _validate_jsonl(path: Path, missing: str, record_problems: Callable[[dict[str, Any]], list[str]]) -> ValidationReport:
+    """Every problem of a JSONL file of records with unique `id`s: unreadable lines, what
+    `record_problems` finds in each record, and repeated ids."""
     report = ValidationReport(str(path))
     if not path.is_file():
-        report.problems.append(Problem(str(path), 0, None, "QA file not found"))
+        report.problems.append(Problem(str(path), 0, None, missing))
         return report
     seen: dict[str, int] = {}
     for number, raw in iter_jsonl_lines(path):
@@ -267,26 +279,7 @@ def validate_qa(path: str | Path, doc_ids: set[str] | None = None, check_images:
             report.problems.append(problem)
             continue
         rid = record.get("id") if isinstance(record.get("id"), str) else None
-        errors = _check_types(record, _QA_TYPES, ("id", "question", "answer", "doc_id", "domain", "split"))
-        if not errors:
-            if not record["question"].strip():
-                errors.append("empty question")
-            if record["domain"] not in DOMAINS:
-                errors.append(f"unknown domain '{record['domain']}'")
-            if record["split"] not in SPLITS:
-                errors.append(f"unknown split '{record['split']}' (expected one of {', '.join(SPLITS)})")
-            options = record.get("options")
-            if options is not None and record["answer"] not in options:
-                errors.append(f"answer '{record['answer']}' is not one of the options")
-            if doc_ids is not None and record["doc_id"] not in doc_ids:
-                errors.append(f"doc_id '{record['doc_id']}' is not in the corpus")
-            if record.get("image"):
-                target, why = resolve_image(path.parent, record["image"])
-                if why is None and check_images:
-                    why = check_image(target)
-                if why:
-                    errors.append(why)
-        for message in errors:
+        for message in record_problems(record):
             report.problems.append(Problem(str(path), number, rid, message))
         if rid is not None:
             if rid in seen:

@@ -18,6 +18,7 @@ each described image becomes an IMAGE document (caption plus modality, plane and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,26 +86,34 @@ def import_medpix(descriptions: Path, cases: Path, images_dir: Path, out_dir: Pa
     return report
 
 
-def _read_descriptions(path: Path, images: SourceImages,
-                       report: ImportReport) -> tuple[dict[str, Document], dict[str, int]]:
-    """Image documents by image name, and the line of every image name met (imported or not)."""
-    docs: dict[str, Document] = {}
-    lines: dict[str, int] = {}
+def _keyed_records(path: Path, key_field: str, id_prefix: str, what: str, first_line: dict[str, int],
+                   report: ImportReport) -> Iterator[tuple[int, dict[str, Any], str, str]]:
+    """(line, record, key, document id) of each readable line with a new `key_field`; unreadable lines,
+    a missing key and a repeated one are reported and skipped. `first_line` records where each key was met."""
     for line, raw in iter_jsonl_lines(path):
         report.read += 1
         record, problem = parse_jsonl_line(path, line, raw)
         if problem:
             report.add_problem(path, line, None, f"{problem.message}; line skipped")
             continue
-        name = _text(record, "image")
-        if not name:
-            report.add_problem(path, line, None, "missing field 'image'; line skipped")
+        key = _text(record, key_field)
+        if not key:
+            report.add_problem(path, line, None, f"missing field '{key_field}'; line skipped")
             continue
-        doc_id = f"medpix-img-{name}"
-        if name in lines:
-            report.add_problem(path, line, doc_id, f"duplicate image (first on line {lines[name]}); line skipped")
+        doc_id = f"{id_prefix}-{key}"
+        if key in first_line:
+            report.add_problem(path, line, doc_id, f"duplicate {what} (first on line {first_line[key]}); line skipped")
             continue
-        lines[name] = line
+        first_line[key] = line
+        yield line, record, key, doc_id
+
+
+def _read_descriptions(path: Path, images: SourceImages,
+                       report: ImportReport) -> tuple[dict[str, Document], dict[str, int]]:
+    """Image documents by image name, and the line of every image name met (imported or not)."""
+    docs: dict[str, Document] = {}
+    lines: dict[str, int] = {}
+    for line, record, name, doc_id in _keyed_records(path, "image", "medpix-img", "image", lines, report):
         relpath, why = None, _description_problem(record)
         if why is None:
             relpath, why = images.place(f"{name}.png")
@@ -167,22 +176,7 @@ def _image_document(doc_id: str, name: str, record: dict[str, Any], relpath: str
 def _read_cases(path: Path, descriptions: Path, image_docs: dict[str, Document], image_lines: dict[str, int],
                 report: ImportReport) -> list[Document]:
     docs: list[Document] = []
-    seen: dict[str, int] = {}
-    for line, raw in iter_jsonl_lines(path):
-        report.read += 1
-        record, problem = parse_jsonl_line(path, line, raw)
-        if problem:
-            report.add_problem(path, line, None, f"{problem.message}; line skipped")
-            continue
-        case_id = _text(record, "U_id")
-        if not case_id:
-            report.add_problem(path, line, None, "missing field 'U_id'; line skipped")
-            continue
-        doc_id = f"medpix-case-{case_id}"
-        if case_id in seen:
-            report.add_problem(path, line, doc_id, f"duplicate case (first on line {seen[case_id]}); line skipped")
-            continue
-        seen[case_id] = line
+    for line, record, case_id, doc_id in _keyed_records(path, "U_id", "medpix-case", "case", {}, report):
         case = record.get("Case")
         if not isinstance(case, dict):
             report.add_problem(path, line, doc_id, "missing field 'Case'; line skipped")
