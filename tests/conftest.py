@@ -21,7 +21,7 @@ SMALL_DOMAINS = ("tcm_tongue", "radiology")
 
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
-    from rag.sample_corpus.build import build_sample_corpus
+    from sample_corpus.build import build_sample_corpus
 
     out = tmp_path_factory.mktemp("sample") / "corpus"
     build_sample_corpus(out, seed=0, images_per_doc=2, query_images_per_doc=1, domains=SMALL_DOMAINS, progress=False)

@@ -16,7 +16,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 def five_domain_index(tmp_path_factory, encoders) -> tuple[Path, Path]:
     """Every sample domain, one corpus image and one query image per case: small but complete."""
     from rag.index_build import build_index
-    from rag.sample_corpus.build import build_sample_corpus
+    from sample_corpus.build import build_sample_corpus
 
     root = tmp_path_factory.mktemp("nb")
     corpus = root / "corpus"

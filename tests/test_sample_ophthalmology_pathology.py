@@ -1,4 +1,4 @@
-"""The ophthalmology (fundus) and pathology (histology) domains of the sample corpus."""
+"""The ophthalmology (fundus photographs) and pathology (H&E histology) domains of the sample corpus."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from rag.sample_corpus import fundus, histology
-from rag.sample_corpus.base import IMAGE_SIZE
+from sample_corpus import ophthalmology, pathology
+from sample_corpus.domain import IMAGE_SIZE
+from sample_corpus.ophthalmology.patients import LESIONS
+from sample_corpus.ophthalmology.patients import DIAGNOSES as FUNDUS_DIAGNOSES
+from sample_corpus.pathology.questions import FEATURES
+from sample_corpus.pathology.specimens import DIAGNOSES as PATHOLOGY_DIAGNOSES
 
-MODULES = {"ophthalmology": fundus, "pathology": histology}
+MODULES = {"ophthalmology": ophthalmology, "pathology": pathology}
+DIAGNOSES = {"ophthalmology": FUNDUS_DIAGNOSES, "pathology": PATHOLOGY_DIAGNOSES}
 IMAGE_WORDS = ("this fundus photograph", "this H&E image")
 
 
@@ -32,7 +37,7 @@ def _descriptor(module, img) -> np.ndarray:
     camera frames every view alike); for histology, whose views are rotated at random, only
     rotation-invariant statistics: a colour histogram and the radial power spectrum (texture scale)."""
     arr = np.asarray(img, np.float32)
-    if module is fundus:
+    if module is ophthalmology:
         return arr
     q = (arr // 64).astype(int)
     colour = np.bincount((q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).ravel(), minlength=64) / q[..., 0].size
@@ -62,7 +67,7 @@ def test_domain_and_case_counts(domain):
     keys = [c.key for c in cases]
     assert len(set(keys)) == len(keys)
     assert all(re.fullmatch(r"[a-z0-9_]+", k) for k in keys)
-    assert {c.metadata["diagnosis"] for c in cases} == set(module.DIAGNOSES.values())
+    assert {c.metadata["diagnosis"] for c in cases} == set(DIAGNOSES[module.GENERATOR.domain].values())
 
 
 def test_cases_are_deterministic(domain):
@@ -137,7 +142,7 @@ def _term(question: str, vocabulary: tuple[str, ...]) -> str:
 
 def test_asked_facts_are_in_the_document(domain):
     module, cases = domain
-    vocabulary = module.LESIONS if module is fundus else module.FEATURES
+    vocabulary = LESIONS if module is ophthalmology else FEATURES
     for c in cases:
         text = c.text.lower()
         for q in c.questions:
@@ -156,7 +161,7 @@ def test_asked_facts_are_in_the_document(domain):
                 assert ("involved at" in text) == (q.answer == "yes"), (c.key, q.question)
 
 
-@pytest.mark.parametrize("module", [fundus, histology])
+@pytest.mark.parametrize("module", [ophthalmology, pathology])
 def test_diagnoses_differ_more_than_views_of_one_case(module):
     cases = module.GENERATOR.cases(np.random.default_rng(0))
     first = {}
@@ -169,7 +174,7 @@ def test_diagnoses_differ_more_than_views_of_one_case(module):
 
 
 @pytest.mark.parametrize("module, diagnosis_key", [
-    (fundus, "moderate"), (fundus, "glaucoma"), (histology, "breast_idc"), (histology, "steatosis"),
+    (ophthalmology, "moderate"), (ophthalmology, "glaucoma"), (pathology, "breast_idc"), (pathology, "steatosis"),
 ])
 def test_patients_with_one_diagnosis_look_different(module, diagnosis_key):
     cases = module.GENERATOR.cases(np.random.default_rng(0))

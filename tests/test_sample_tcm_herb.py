@@ -10,9 +10,9 @@ import unicodedata
 import numpy as np
 import pytest
 
-from rag.sample_corpus.base import IMAGE_SIZE
-from rag.sample_corpus.herbs import (CHANNELS, FLAVOURS, FORMS, GENERATOR, NAME_FIELDS, NATURES, TEXTURES,
-                                     load_herbs)
+from sample_corpus.domain import IMAGE_SIZE
+from sample_corpus.tcm_herb import GENERATOR
+from sample_corpus.tcm_herb.monographs import CHANNELS, FLAVOURS, FORMS, NAME_FIELDS, NATURES, TEXTURES, load_herbs
 
 HERBS = load_herbs()
 STRING_FIELDS = ("key", "zh", "pinyin", "latin", "en", "category", "nature", "dosage", "source")

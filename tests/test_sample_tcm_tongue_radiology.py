@@ -11,10 +11,11 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from rag.sample_corpus import radiology, tongue
-from rag.sample_corpus.base import IMAGE_SIZE, SampleCase
+from sample_corpus import radiology, tcm_tongue
+from sample_corpus.domain import IMAGE_SIZE, SampleCase
+from sample_corpus.radiology.reports import FINDING_PHRASES
 
-MODULES: dict[str, ModuleType] = {"tcm_tongue": tongue, "radiology": radiology}
+MODULES: dict[str, ModuleType] = {"tcm_tongue": tcm_tongue, "radiology": radiology}
 EXPECTED_CASES = {"tcm_tongue": 24, "radiology": 40}
 # (a case, another case with a different diagnosis, another patient with the same diagnosis)
 CONTRASTS = {
@@ -107,7 +108,7 @@ def test_answers_balanced(domain: str) -> None:
 def _yes_no_truth_from_text(domain: str, topic: str, question: str, text: str) -> bool | None:
     """What the case text says about a yes/no question, or None where the text cannot be checked."""
     if "a herbal formula" in question:
-        return tongue.NO_FORMULA not in text
+        return tcm_tongue.NO_FORMULA not in text
     asked = re.search(r"recommend (.+)\?$", question) or re.search(r"^Was (.+) prescribed for", question)
     if topic in ("follow_up", "formula") and asked:
         return asked.group(1) in text
@@ -136,7 +137,7 @@ def _yes_no_truth_from_text(domain: str, topic: str, question: str, text: str) -
     if topic == "laterality" and side:
         return f"{side.group(1)} " in impression
     if topic == "diagnosis":
-        finding = next((d for d, phrase in radiology.FINDING_PHRASES.items() if phrase in question), None)
+        finding = next((d for d, phrase in FINDING_PHRASES.items() if phrase in question), None)
         return (finding or "normal chest radiograph") in impression.lower()
     return checks.get(topic)
 

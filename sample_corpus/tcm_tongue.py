@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from rag.sample_corpus.base import IMAGE_SIZE, QuestionTemplate, SampleCase, photo_variant
-# The question helpers are shared by the sample domains; they live with the first domain that had them.
-from rag.sample_corpus.base import multiple_choice, yes_no
+from sample_corpus.acquisition import photo_variant
+from sample_corpus.domain import IMAGE_SIZE, QuestionTemplate, SampleCase
+from sample_corpus.questions import multiple_choice, value_question, yes_no
 
 SOURCE = ("Maciocia, Tongue Diagnosis in Chinese Medicine, 2nd ed. (Eastland Press, 1995); formulas "
           "after Bensky & Barolet, Chinese Herbal Medicine: Formulas & Strategies; "
@@ -68,6 +68,8 @@ class Pattern:
 
 NO_FORMULA = "no herbal formula"
 
+# One entry per pattern, fields in `Pattern` order. The entries look alike by design, so the
+# duplicate-code check (`duplicates`) pairs them; they are facts, not repeated logic.
 PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         "normal", "normal tongue (no pattern of disharmony)",
@@ -320,10 +322,8 @@ class TongueGenerator:
         for key in chosen:
             question, truth = signs[key]
             qs.append(yes_no(question, truth, uses_image=True, topic=key))
-        asked_colour = pattern.body if rng.random() < 0.5 else str(
-            rng.choice([c for c in BODY_COLOURS if c != pattern.body]))
-        qs.append(yes_no(f"Is the tongue body in this image {asked_colour}?", asked_colour == pattern.body,
-                         uses_image=True, topic="body_colour"))
+        qs.append(value_question(rng, "Is the tongue body in this image {}?", pattern.body, list(BODY_COLOURS),
+                                 uses_image=True, topic="body_colour"))
 
         qs += [
             multiple_choice(rng, f"What TCM pattern was diagnosed in {handle}?", pattern.name, patterns,
@@ -339,10 +339,8 @@ class TongueGenerator:
             qs.append(yes_no(f"Was a herbal formula prescribed for {handle}?", False, uses_image=False,
                              topic="formula"))
         else:
-            asked = pattern.formula if rng.random() < 0.5 else str(
-                rng.choice([f for f in formulas if f not in (pattern.formula, NO_FORMULA)]))
-            qs.append(yes_no(f"Was {asked} prescribed for {handle}?", asked == pattern.formula,
-                             uses_image=False, topic="formula"))
+            qs.append(value_question(rng, f"Was {{}} prescribed for {handle}?", pattern.formula,
+                                     [f for f in formulas if f != NO_FORMULA], uses_image=False, topic="formula"))
         return qs
 
     def draw(self, case: SampleCase, rng: np.random.Generator) -> Image.Image:

@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -32,15 +33,11 @@ import numpy as np
 from tqdm import tqdm
 
 from rag.corpus import Document, QAItem, write_jsonl
-from rag.sample_corpus.base import DomainGenerator, SampleCase
+from sample_corpus.domain import DomainGenerator, SampleCase
 
-DOMAIN_MODULES: dict[str, str] = {
-    "tcm_herb": "rag.sample_corpus.herbs",
-    "tcm_tongue": "rag.sample_corpus.tongue",
-    "radiology": "rag.sample_corpus.radiology",
-    "ophthalmology": "rag.sample_corpus.fundus",
-    "pathology": "rag.sample_corpus.histology",
-}
+# Each domain is the module (or subpackage) of this package named by its key. The order is part of
+# the seed: a domain's rngs are seeded with its position here.
+DOMAINS: tuple[str, ...] = ("tcm_herb", "tcm_tongue", "radiology", "ophthalmology", "pathology")
 ID_PREFIX: dict[str, str] = {
     "tcm_herb": "herb", "tcm_tongue": "tongue", "radiology": "cxr", "ophthalmology": "fundus",
     "pathology": "histo",
@@ -73,7 +70,7 @@ class SampleSummary:
 
 
 def generator_for(domain: str) -> DomainGenerator:
-    return importlib.import_module(DOMAIN_MODULES[domain]).GENERATOR
+    return importlib.import_module(f"sample_corpus.{domain}").GENERATOR
 
 
 def assign_splits(keys: list[str], rng: np.random.Generator) -> dict[str, str]:
@@ -103,7 +100,7 @@ def _init_worker(cases: dict[str, list[SampleCase]]) -> None:
 def _render(task: tuple[str, int, int, int, str]) -> str:
     domain, case_index, image_index, seed, out_path = task
     case = _WORKER_CASES[domain][case_index]
-    domain_index = list(DOMAIN_MODULES).index(domain)
+    domain_index = DOMAINS.index(domain)
     rng = np.random.default_rng([seed, domain_index, case_index, image_index])
     image = generator_for(domain).draw(case, rng)
     image.save(out_path, format="PNG", compress_level=1)
@@ -135,13 +132,13 @@ def _questions(doc: Document, case: SampleCase, split: str, queries: list[str]) 
 
 def build_sample_corpus(out_dir: str | Path, seed: int = 0, images_per_doc: int = 4,
                         query_images_per_doc: int = 2, workers: int | None = None,
-                        domains: tuple[str, ...] = tuple(DOMAIN_MODULES), progress: bool = True) -> SampleSummary:
+                        domains: tuple[str, ...] = DOMAINS, progress: bool = True) -> SampleSummary:
     """Generate the sample corpus into `out_dir`, replacing it only once the new one is complete."""
     if images_per_doc < 1 or query_images_per_doc < 1:
         raise ValueError("images_per_doc and query_images_per_doc must be at least 1")
-    unknown = [d for d in domains if d not in DOMAIN_MODULES]
+    unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
-        raise ValueError(f"unknown domain(s) {unknown}; choose from {list(DOMAIN_MODULES)}")
+        raise ValueError(f"unknown domain(s) {unknown}; choose from {list(DOMAINS)}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +153,18 @@ def build_sample_corpus(out_dir: str | Path, seed: int = 0, images_per_doc: int 
     summary.seconds = time.perf_counter() - started
     (out_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def ensure_sample_corpus(corpus: str | Path, seed: int = 0) -> bool:
+    """Generate the sample corpus into the folder of `corpus` (its corpus.jsonl) when `corpus` is
+    missing, replacing that folder; returns whether it generated. This lets a spec or the demo
+    name the sample corpus before anyone has built it."""
+    corpus = Path(corpus)
+    if corpus.exists():
+        return False
+    print(f"{corpus} not found: generating the sample corpus (seed {seed})", file=sys.stderr)
+    build_sample_corpus(corpus.parent, seed=seed)
+    return True
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
@@ -175,7 +184,7 @@ def _build_into(root: Path, seed: int, images_per_doc: int, query_images_per_doc
     cases: dict[str, list[SampleCase]] = {}
     splits: dict[str, dict[str, str]] = {}
     for domain in domains:
-        domain_index = list(DOMAIN_MODULES).index(domain)
+        domain_index = DOMAINS.index(domain)
         cases[domain] = generator_for(domain).cases(np.random.default_rng([seed, domain_index]))
         keys = [c.key for c in cases[domain]]
         if len(set(keys)) != len(keys):
