@@ -35,9 +35,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from rag.encoders import create_image_encoder, create_text_encoder  # noqa: E402
-from rag.eval_qa import machine_description  # noqa: E402
+from rag.reporting import machine_description  # noqa: E402
 from rag.index_build import build_index  # noqa: E402
-from rag.sample_corpus.build import build_sample_corpus  # noqa: E402
+from sample_corpus.build import build_sample_corpus  # noqa: E402
 from rag.vector_index import ChannelIndex, VectorIndexConfig  # noqa: E402
 
 DEVICES = ("cpu", "cuda")
