@@ -51,6 +51,7 @@ from rag.heads import Aligner, DomainRouter  # noqa: E402
 from rag.corpus import Document  # noqa: E402
 from rag.index_bundle import IndexBundle, load_bundle, save_bundle  # noqa: E402
 from rag.lexical import LexicalIndex  # noqa: E402
+from rag.manifest import Dims, EncoderInfo, Manifest, RoutingInfo  # noqa: E402
 from rag.selection import SelectionConfig  # noqa: E402
 from rag.vector_index import INDEX_TYPES, ChannelIndex, VectorIndexConfig  # noqa: E402
 
@@ -127,10 +128,10 @@ def run_type(kind: str, n: int, text: np.ndarray, joint: np.ndarray, queries: np
     build_s = time.perf_counter() - started
     build_rss = rss() - before
     built = {channel: {**index.describe()["shards"][0], "note": index.note} for (_, channel), index in vectors.items()}
-    manifest = {"domains": [DOMAIN], "dims": {"text": TEXT_DIM, "image": IMAGE_DIM, "joint": JOINT_DIM},
-                "encoders": {"text": {"name": "synthetic", "dim": TEXT_DIM, "fingerprint": "-"},
-                             "image": {"name": "synthetic", "dim": IMAGE_DIM, "fingerprint": "-"}},
-                "spec": {"seed": 0}, "next_doc": n, "next_image": 0, "routing": {"threshold": 0.5}}
+    manifest = Manifest(domains=[DOMAIN], dims=Dims(text=TEXT_DIM, image=IMAGE_DIM, joint=JOINT_DIM),
+                        encoders={"text": EncoderInfo("synthetic", TEXT_DIM, "-"),
+                                  "image": EncoderInfo("synthetic", IMAGE_DIM, "-")},
+                        spec={"seed": 0}, next_doc=n, next_image=0, routing=RoutingInfo(threshold=0.5))
     bundle = IndexBundle(manifest=manifest, docs=docs, image_owner={}, vectors=vectors, lexical=lexical,
                          router=DomainRouter(IMAGE_DIM, TEXT_DIM, 1), aligner=Aligner(IMAGE_DIM, TEXT_DIM, JOINT_DIM),
                          selection=SelectionConfig(), vector_config=config)

@@ -1,9 +1,12 @@
 """Build, grow and shrink index bundles (DESIGN §4).
 
-`build_index` validates the corpus, embeds documents and images in batches, trains the router and
-aligner heads, calibrates routing and context selection on the QA validation split, and writes the
-bundle atomically. `add_documents` / `remove_documents` change a bundle without re-embedding what
-is already there or retraining the heads; they too write a new version and swap it in.
+`build_index` runs, in order: validate the corpus; embed documents and images in batches; train the
+router and aligner heads; index the vectors (one FAISS index per domain and channel) and the BM25
+channel; calibrate on the QA validation split (`calibrate_bundle`: first the fusion weights per
+query kind, from the unfused channel rankings, then the routing threshold and the selection rule,
+from full retrievals: search, fuse, route); and write the bundle atomically. `add_documents` /
+`remove_documents` change a bundle without re-embedding what is already there or retraining the
+heads; they too write a new version and swap it in.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from typing import Any
 
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from rag.heads import train_aligner, train_router
 from rag.corpus import DOMAINS, CorpusError, Document, QAItem, format_problems, read_qa, validate_corpus, read_documents
 from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
                           create_image_encoder, create_text_encoder)
-from rag.index_bundle import IndexBundle, load_bundle, save_bundle
+from rag.fusion import calibrate_fusion
+from rag.index_bundle import IndexBundle, load_bundle, load_manifest, resolve_version, save_bundle
 from rag.lexical import LexicalIndex
+from rag.manifest import Dims, EncoderInfo, HeadsInfo, Manifest, RoutingInfo
+from rag.retriever import Retriever
 from rag.selection import SelectionConfig, calibrate
 from rag.text import sentences
 from rag.vector_index import ChannelIndex, VectorIndexConfig
@@ -137,10 +144,10 @@ def _router_text_samples(emb: Embedded, text_encoder: TextEncoder, questions: li
 
 def _add_to_bundle(bundle: IndexBundle, emb: Embedded, progress: bool = False) -> list[int]:
     """Append embedded documents under fresh stable numbers; returns the numbers."""
-    first_doc, first_image = bundle.manifest["next_doc"], bundle.manifest["next_image"]
+    first_doc, first_image = bundle.take_numbers(len(emb.docs), len(emb.images))
     numbers = list(range(first_doc, first_doc + len(emb.docs)))
     image_ids = np.arange(first_image, first_image + len(emb.images), dtype=np.int64)
-    joint_text = emb.text if bundle.manifest.get("joint_native") else bundle.aligner.project_texts(emb.text)
+    joint_text = emb.text if bundle.joint_native else bundle.aligner.project_texts(emb.text)
     doc_domains = np.asarray([d.domain for d in emb.docs])
     image_domains = doc_domains[emb.image_doc] if len(emb.image_doc) else np.asarray([], dtype=str)
     for domain in bundle.domains:
@@ -152,7 +159,7 @@ def _add_to_bundle(bundle: IndexBundle, emb: Embedded, progress: bool = False) -
             if (domain, channel) not in bundle.vectors:
                 # an index is created, and trained when its type needs it, on the first vectors it gets
                 bundle.vectors[(domain, channel)] = ChannelIndex.build(
-                    vectors, ids, _dim(bundle, channel), bundle.vector_config, seed=bundle.manifest["spec"]["seed"],
+                    vectors, ids, bundle.channel_dim(channel), bundle.vector_config, seed=bundle.build_setting("seed"),
                     progress=progress, desc=f"indexing {domain}/{channel}")
             elif len(vectors):
                 bundle.vectors[(domain, channel)].add(vectors, ids)
@@ -161,17 +168,7 @@ def _add_to_bundle(bundle: IndexBundle, emb: Embedded, progress: bool = False) -
     for image_id, position in zip(image_ids, emb.image_doc):
         bundle.image_owner[int(image_id)] = numbers[int(position)]
     bundle.lexical.add([document_text(d) for d in emb.docs], [d.names for d in emb.docs])
-    bundle.manifest["next_doc"] = first_doc + len(emb.docs)
-    bundle.manifest["next_image"] = first_image + len(emb.images)
     return numbers
-
-
-def _dim(bundle: IndexBundle, channel: str) -> int:
-    dims = bundle.manifest["dims"]
-    if channel == "joint":
-        # a CLIP-style encoder's own space has the text dimension; otherwise the aligner's
-        return dims["text"] if bundle.manifest.get("joint_native") else dims["joint"]
-    return dims[channel]
 
 
 def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = None, qa: str | Path | None = None,
@@ -184,8 +181,6 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
     (`ray_address`, default a local instance); everything after embedding is the same. `device`
     places the encoders (default: CUDA when available).
     """
-    from rag.retriever import Retriever
-
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     spec = spec or IndexSpec()
@@ -218,21 +213,14 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
     aligner, aligner_log = train_aligner(emb.images, emb.image_doc, emb.text, joint_dim=spec.joint_dim,
                                          seed=spec.seed, progress=progress)
 
-    manifest: dict[str, Any] = {
-        "encoders": {"text": {"name": text_encoder.name, "dim": text_encoder.dim, "fingerprint": text_encoder.fingerprint},
-                     "image": {"name": image_encoder.name, "dim": image_encoder.dim,
-                               "fingerprint": image_encoder.fingerprint}},
-        "dims": {"text": text_encoder.dim, "image": image_encoder.dim, "joint": spec.joint_dim},
-        "joint_native": joint_native,
-        "domains": domains,
-        "spec": asdict(spec),
-        "corpus": str(Path(corpus).resolve()),
-        "next_doc": 0, "next_image": 0,
-        "heads": {"router": {k: v.to_json() for k, v in router_logs.items()}, "aligner": aligner_log.to_json()},
-        "routing": {"threshold": 0.5},
-        "skipped_records": skipped,
-        "engine": engine,
-    }
+    manifest = Manifest(
+        encoders={"text": EncoderInfo(text_encoder.name, text_encoder.dim, text_encoder.fingerprint),
+                  "image": EncoderInfo(image_encoder.name, image_encoder.dim, image_encoder.fingerprint)},
+        dims=Dims(text=text_encoder.dim, image=image_encoder.dim, joint=spec.joint_dim),
+        joint_native=joint_native, domains=domains, spec=asdict(spec), corpus=str(Path(corpus).resolve()),
+        next_doc=0, next_image=0,
+        heads=HeadsInfo(router={k: v.to_json() for k, v in router_logs.items()}, aligner=aligner_log.to_json()),
+        routing=RoutingInfo(threshold=0.5), skipped_records=skipped, engine=engine)
     bundle = IndexBundle(manifest=manifest, docs={}, image_owner={}, vectors={},
                          lexical=LexicalIndex.build([], []), router=router, aligner=aligner,
                          selection=SelectionConfig(k_max=spec.k_max, alpha=spec.alpha, delta=spec.delta),
@@ -243,86 +231,30 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
     retriever = Retriever(bundle, text_encoder, image_encoder)
     calibrate_bundle(retriever, val, corpus_dir=Path(corpus).parent, qa_dir=Path(qa).parent if qa else None,
                      spec=spec, progress=progress)
-    manifest["build_seconds"] = round(time.perf_counter() - started, 2)
+    manifest.build_seconds = round(time.perf_counter() - started, 2)
     save_bundle(bundle, out)
     return bundle
 
 
-FUSION_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+def calibrate_bundle(retriever: Retriever, val: list[QAItem], corpus_dir: Path, qa_dir: Path | None,
+                     spec: IndexSpec, progress: bool = True) -> None:
+    """Calibrate fusion weights, then the routing threshold and the selection rules, on validation questions.
 
-
-def calibrate_fusion(retriever, val: list[QAItem], qa_dir: Path | None, depth: int = 50,
-                     progress: bool = True) -> dict[str, dict[str, float]]:
-    """Per query kind, the channel weights of weighted RRF that maximise val MRR of the gold document.
-
-    A question about "the herb in this image" carries no text signal, so its text channels only add
-    noise to the fused ranking; a question naming a herb is best served by BM25. Rather than guess,
-    each kind of query gets the grid point with the best validation MRR (ties: closest to equal weights).
-    """
-    import itertools
-
-    from tqdm import tqdm
-
-    from rag.retriever import RRF_K, query_kind
-
-    number_of = {d.id: n for n, d in retriever.bundle.docs.items()}
-    by_kind: dict[str, list[tuple[list[str], np.ndarray, int | None]]] = {}
-    for item in tqdm(val, desc="calibrating fusion", disable=not progress, unit="q"):
-        image = str(qa_dir / item.image) if item.image and qa_dir else None
-        kind = query_kind(item.question, image)
-        channels = [c for c in ("text", "bm25", "joint", "image")
-                    if (c in ("text", "bm25") and item.question) or (c in ("joint", "image") and image)]
-        _, _, per_channel = retriever.search_channels(item.question, image, channels, depth=depth)
-        candidates = sorted({n for ranked in per_channel.values() for n, _ in ranked})
-        position = {n: i for i, n in enumerate(candidates)}
-        contrib = np.zeros((len(candidates), len(channels)))
-        for j, c in enumerate(channels):
-            for rank, (n, _) in enumerate(per_channel[c]):
-                contrib[position[n], j] = 1.0 / (RRF_K + rank + 1)
-        gold = position.get(number_of.get(item.doc_id, -1))
-        by_kind.setdefault(kind, []).append((channels, contrib, gold))
-
-    weights: dict[str, dict[str, float]] = {}
-    for kind, rows in by_kind.items():
-        channels = rows[0][0]
-        grid = np.asarray([w for w in itertools.product(FUSION_GRID, repeat=len(channels)) if any(w)])
-        mrr = np.zeros(len(grid))
-        for _, contrib, gold in rows:
-            if gold is None or not len(contrib):
-                continue
-            fused = contrib @ grid.T                       # candidates x grid
-            rank = (fused > fused[gold]).sum(axis=0)       # 0-based rank of the gold document
-            mrr += np.where(fused[gold] > 0, 1.0 / (rank + 1), 0.0)
-        mrr /= len(rows)
-        spread = np.abs(grid / grid.max(axis=1, keepdims=True) - 1).sum(axis=1)
-        best = int(np.lexsort((spread, -np.round(mrr, 6)))[0])
-        weights[kind] = {c: float(w) for c, w in zip(channels, grid[best])}
-        weights[kind]["val_mrr"] = round(float(mrr[best]), 4)
-        weights[kind]["n"] = len(rows)
-    return weights
-
-
-def calibrate_bundle(retriever, val: list[QAItem], corpus_dir: Path, qa_dir: Path | None, spec: IndexSpec,
-                     progress: bool = True) -> None:
-    """Calibrate fusion weights, the routing threshold and the selection rules on validation questions.
+    Fusion first (`rag.fusion.calibrate_fusion`), since the retrievals that calibrate the rest fuse
+    with its weights and route on the fused hits.
 
     Routing threshold: the highest router confidence seen on a misrouted validation question, so
     that questions the router got wrong with that much confidence would have searched two domains.
     Selection: RULE's binomial-test calibration of k, and γ / ρ under the same risk target.
     """
-    from tqdm import tqdm
-
     bundle = retriever.bundle
     if not val:
         # Nothing to calibrate on: keep everything retrieved (fixed k = k_max) and say so.
         bundle.selection = SelectionConfig(rule="fixed", k=spec.k_max, k_max=spec.k_max, alpha=spec.alpha,
                                            delta=spec.delta, calibration={"n": 0, "note": "no val questions"})
-        bundle.manifest["routing"] = {"threshold": 0.5, "calibrated_on": 0}
+        bundle.manifest.routing = RoutingInfo(threshold=0.5, calibrated_on=0)
         return
-    fusion = calibrate_fusion(retriever, val, qa_dir, progress=progress)
-    bundle.manifest["fusion"] = {kind: {c: w for c, w in ws.items() if c not in ("val_mrr", "n")}
-                                 for kind, ws in fusion.items()}
-    bundle.manifest["fusion_calibration"] = fusion
+    bundle.set_fusion(calibrate_fusion(retriever, val, qa_dir, progress=progress))
     wrong_confidences, ranked_scores, gold_ranks = [], [], []
     number_of = {d.id: n for n, d in bundle.docs.items()}
     for item in tqdm(val, desc="calibrating routing and selection", disable=not progress, unit="q"):
@@ -335,16 +267,14 @@ def calibrate_bundle(retriever, val: list[QAItem], corpus_dir: Path, qa_dir: Pat
         ranks = [i for i, h in enumerate(result.hits) if h.doc_number == gold]
         gold_ranks.append(ranks[0] if ranks else None)
     threshold = min(0.99, max(wrong_confidences) + 1e-3) if wrong_confidences else 0.5
-    bundle.manifest["routing"] = {"threshold": round(float(threshold), 4), "calibrated_on": len(val),
-                                  "val_routing_accuracy": round(1 - len(wrong_confidences) / len(val), 4)}
+    bundle.manifest.routing = RoutingInfo(threshold=round(float(threshold), 4), calibrated_on=len(val),
+                                          val_routing_accuracy=round(1 - len(wrong_confidences) / len(val), 4))
     bundle.selection = calibrate(ranked_scores, gold_ranks, alpha=spec.alpha, delta=spec.delta, k_max=spec.k_max)
 
 
 def add_documents(bundle_dir: str | Path, corpus: str | Path, on_bad_record: str = "stop",
                   progress: bool = True) -> dict[str, Any]:
     """Embed and add the documents of `corpus` to an existing bundle (ids must be new)."""
-    from rag.retriever import Retriever
-
     docs, skipped = load_corpus(corpus, on_bad_record)  # first: a bad corpus is reported without loading models
     if not docs:
         raise CorpusError(f"{corpus}: no usable documents to add" + (f" ({len(skipped)} bad record(s) skipped)"
@@ -360,11 +290,9 @@ def add_documents(bundle_dir: str | Path, corpus: str | Path, on_bad_record: str
     if unknown:
         raise CorpusError(f"{corpus}: domain(s) {unknown} are not in this index (it routes between {bundle.domains}); "
                           f"rebuild with `medrag index build` to add a domain")
-    emb = embed(docs, retriever.text_encoder, retriever.image_encoder, bundle.manifest["spec"]["batch_size"], progress)
+    emb = embed(docs, retriever.text_encoder, retriever.image_encoder, bundle.build_setting("batch_size"), progress)
     numbers = _add_to_bundle(bundle, emb)
-    bundle.manifest.setdefault("history", []).append(
-        {"op": "add", "corpus": str(Path(corpus).resolve()), "documents": len(numbers), "images": len(emb.images),
-         "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    bundle.record_history("add", corpus=str(Path(corpus).resolve()), documents=len(numbers), images=len(emb.images))
     save_bundle(bundle, bundle_dir)
     return {"added": len(numbers), "images": len(emb.images), "skipped_records": skipped,
             "documents_total": len(bundle.docs)}
@@ -388,21 +316,12 @@ def remove_documents(bundle_dir: str | Path, ids: list[str]) -> dict[str, Any]:
     for i in image_ids:
         del bundle.image_owner[i]
     bundle.lexical.remove(sorted(numbers))
-    bundle.manifest.setdefault("history", []).append(
-        {"op": "remove", "ids": ids, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    bundle.record_history("remove", ids=ids)
     save_bundle(bundle, bundle_dir)
     return {"removed": len(numbers), "images_removed": len(image_ids), "documents_total": len(bundle.docs)}
 
 
 def bundle_info(bundle_dir: str | Path) -> dict[str, Any]:
-    from rag.index_bundle import read_manifest, resolve_version
-
-    manifest = read_manifest(bundle_dir)
+    """What `medrag index info` shows: where the live version is, and its manifest's summary."""
     return {"path": str(Path(bundle_dir).resolve()), "version": resolve_version(bundle_dir).name,
-            "format_version": manifest.get("format_version"), "encoders": manifest["encoders"],
-            "domains": manifest["domains"], "counts": manifest.get("counts"), "routing": manifest.get("routing"),
-            "selection": manifest.get("selection"), "heads": {
-                "router_val_accuracy": {k: v["val_metric"] for k, v in manifest["heads"]["router"].items()},
-                "aligner_val_recall_at_1": manifest["heads"]["aligner"]["val_metric"]},
-            "build_seconds": manifest.get("build_seconds"), "history": manifest.get("history", []),
-            "vector_index": manifest.get("vector_index", {"type": "flat", "shards": 1})}
+            **load_manifest(bundle_dir).info()}

@@ -5,6 +5,7 @@
       v-<stamp>/              one complete bundle
         manifest.json         format version, encoders + fingerprints, domains, counts, checksums,
                               head training logs, calibrated selection and routing parameters
+                              (read and written through `rag.manifest.Manifest`)
         manifest.sha256       the manifest's own checksum (the manifest holds everyone else's)
         docs.jsonl            the document store: one Document per line plus its stable number
         images.json           image row -> document number (the image channel indexes images)
@@ -32,7 +33,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +43,25 @@ from safetensors.torch import load_file, save_file
 from rag.heads import Aligner, DomainRouter
 from rag.corpus import Document
 from rag.lexical import LexicalIndex
+from rag.manifest import FORMAT_VERSION, BundleError, Manifest, VectorIndexInfo, check_format
 from rag.selection import SelectionConfig
 from rag.vector_index import ChannelIndex, VectorIndexConfig, check_search_params
 
-# Format 2 added approximate and sharded vector indexes (manifest "vector_index"). Format 1 bundles
-# hold exact, unsharded indexes under the same file names, so they load as such.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
 CHANNELS = ("text", "image", "joint")
 POINTER = "CURRENT"
 MANIFEST_DIGEST = "manifest.sha256"
 LOCK = ".lock"
 
 
-class BundleError(RuntimeError):
-    """A bundle cannot be used; the message says what is wrong and what to do."""
-
-
 @dataclass
 class IndexBundle:
-    """Everything a retriever needs, in memory. Document numbers are stable across add/remove."""
+    """Everything a retriever needs, in memory. Document numbers are stable across add/remove.
 
-    manifest: dict[str, Any]
+    Code outside this module asks the bundle (routing threshold, fusion weights, encoder names, …)
+    rather than reading its manifest.
+    """
+
+    manifest: Manifest
     docs: dict[int, Document]                 # document number -> document (removed ones are absent)
     image_owner: dict[int, int]               # image row -> document number
     vectors: dict[tuple[str, str], ChannelIndex]  # (domain, channel) -> its FAISS shards
@@ -77,8 +75,71 @@ class IndexBundle:
     search_params: dict[str, int] = field(default_factory=dict)  # nprobe / ef_search used by queries
 
     def __post_init__(self) -> None:
-        self.domains = list(self.manifest["domains"])
+        self.domains = list(self.manifest.domains)
         self.search_params = {**self.vector_config.search_params(), **self.search_params}
+
+    @property
+    def encoder_names(self) -> dict[str, str]:
+        """The encoders the bundle was built with: {"text": name, "image": name}."""
+        return {role: info.name for role, info in self.manifest.encoders.items()}
+
+    def check_encoders(self, text_fingerprint: str, image_fingerprint: str) -> None:
+        """Refuse to query a bundle with encoders other than the ones it was built with."""
+        for role, fingerprint in (("text", text_fingerprint), ("image", image_fingerprint)):
+            built = self.manifest.encoders[role]
+            if built.fingerprint != fingerprint:
+                raise BundleError(
+                    f"this index was built with the {role} encoder '{built.name}' (fingerprint {built.fingerprint}), "
+                    f"but the loaded {role} encoder has fingerprint {fingerprint}: load it with the same encoder "
+                    f"(omit the override), or rebuild the index with `medrag index build --{role}-encoder NAME`")
+
+    @property
+    def joint_native(self) -> bool:
+        """Whether the joint channel is the encoders' own image-text space (CLIP) rather than the aligner's."""
+        return bool(self.manifest.joint_native)
+
+    def channel_dim(self, channel: str) -> int:
+        """Vector dimension of a channel ("text", "image" or "joint")."""
+        dims = self.manifest.dims
+        if channel == "joint":
+            # a CLIP-style encoder's own space has the text dimension; otherwise the aligner's
+            return dims.text if self.joint_native else dims.joint
+        return {"text": dims.text, "image": dims.image}[channel]
+
+    def build_setting(self, name: str) -> Any:
+        """A setting of the spec the bundle was built with (seed, batch_size, …)."""
+        if name not in self.manifest.spec:
+            raise BundleError(f"the manifest of {self.root or 'this bundle'} has no spec setting {name!r}; "
+                              f"rebuild the index with `medrag index build`")
+        return self.manifest.spec[name]
+
+    def take_numbers(self, documents: int, images: int) -> tuple[int, int]:
+        """Reserve stable numbers for new documents and image rows; returns the first of each."""
+        first = self.manifest.next_doc, self.manifest.next_image
+        self.manifest.next_doc += documents
+        self.manifest.next_image += images
+        return first
+
+    @property
+    def routing_threshold(self) -> float:
+        """Router confidence below which the top two domains are searched."""
+        return float(self.manifest.routing.threshold)
+
+    def fusion_weights(self, kind: str) -> dict[str, float]:
+        """Calibrated per-channel RRF weights for a query kind (empty: every channel weighs 1)."""
+        return (self.manifest.fusion or {}).get(kind, {})
+
+    def set_fusion(self, calibration: dict[str, dict[str, float]]) -> None:
+        """Keep calibrated fusion: per query kind, channel weights plus their val_mrr and n."""
+        self.manifest.fusion = {kind: {c: w for c, w in ws.items() if c not in ("val_mrr", "n")}
+                                for kind, ws in calibration.items()}
+        self.manifest.fusion_calibration = calibration
+
+    def record_history(self, op: str, **details: Any) -> None:
+        """Note an operation ("add", "remove") in the manifest's history, with the time."""
+        if self.manifest.history is None:
+            self.manifest.history = []
+        self.manifest.history.append({"op": op, **details, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def set_search_params(self, overrides: dict[str, int]) -> None:
         """Query-time nprobe / ef_search instead of the values stored at build time."""
@@ -122,20 +183,34 @@ def resolve_version(bundle_dir: str | Path) -> Path:
 
 
 def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    """The live version's manifest.json as stored (plain JSON); `load_manifest` gives it typed."""
     return _read_manifest_at(resolve_version(bundle_dir))
+
+
+def load_manifest(bundle_dir: str | Path) -> Manifest:
+    """The live version's manifest, typed (without loading or checking the rest of the bundle)."""
+    version = resolve_version(bundle_dir)
+    return Manifest.from_json(_read_manifest_at(version), f"{version}/manifest.json")
 
 
 def _read_manifest_at(version: Path) -> dict[str, Any]:
     # Read from the version folder already resolved: resolving CURRENT a second time could land on a
     # newer version swapped in meanwhile, pairing one version's manifest with another's files.
     try:
-        return json.loads((version / "manifest.json").read_text(encoding="utf-8"))
+        data = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{version}/manifest.json is damaged ({exc}); rebuild the index with `medrag index build`") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{version}/manifest.json is damaged (not a JSON object); rebuild the index with "
+                          f"`medrag index build`")
+    return data
 
 
 def verify_files(version: Path, manifest: dict[str, Any]) -> list[str]:
-    """Problems with the bundle's files against the manifest checksums (empty list = intact)."""
+    """Problems with the bundle's files against the manifest checksums (empty list = intact).
+
+    Works on the stored JSON, before it is parsed, so that damage is reported as damage.
+    """
     problems = []
     digest = version / MANIFEST_DIGEST
     if digest.is_file() and digest.read_bytes().strip() != _sha256(version / "manifest.json").encode():
@@ -151,34 +226,16 @@ def verify_files(version: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_format(manifest: dict[str, Any], where: Path) -> None:
-    version = manifest.get("format_version")
-    if version not in READABLE_FORMATS:
-        raise BundleError(f"{where} has bundle format version {version}, this medvlm-rag reads versions "
-                          f"{', '.join(map(str, READABLE_FORMATS))}: rebuild it with `medrag index build` "
-                          f"(same corpus, same spec)")
-
-
-def check_encoders(manifest: dict[str, Any], text_fingerprint: str, image_fingerprint: str) -> None:
-    """Refuse to query a bundle with encoders other than the ones it was built with."""
-    for role, fingerprint in (("text", text_fingerprint), ("image", image_fingerprint)):
-        built = manifest["encoders"][role]
-        if built["fingerprint"] != fingerprint:
-            raise BundleError(
-                f"this index was built with the {role} encoder '{built['name']}' (fingerprint {built['fingerprint']}), "
-                f"but the loaded {role} encoder has fingerprint {fingerprint}: load it with the same encoder "
-                f"(omit the override), or rebuild the index with `medrag index build --{role}-encoder NAME`")
-
-
 def load_bundle(bundle_dir: str | Path, verify: bool = True) -> IndexBundle:
     version = resolve_version(bundle_dir)
-    manifest = _read_manifest_at(version)
-    check_format(manifest, version)
+    stored = _read_manifest_at(version)
+    check_format(stored, version)
     if verify:
-        problems = verify_files(version, manifest)
+        problems = verify_files(version, stored)
         if problems:
             raise BundleError(f"index {bundle_dir} is damaged: {'; '.join(problems)}. Rebuild it with "
                               f"`medrag index build`, or check it with `medrag index verify {bundle_dir}`")
+    manifest = Manifest.from_json(stored, f"{version}/manifest.json")
     docs: dict[int, Document] = {}
     with open(version / "docs.jsonl", encoding="utf-8") as fh:
         for line in fh:
@@ -186,21 +243,17 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> IndexBundle:
             number = record.pop("num")
             docs[number] = Document(**record)
     image_owner = {int(k): v for k, v in json.loads((version / "images.json").read_text()).items()}
-    try:
-        vector_config = VectorIndexConfig.from_json(manifest.get("vector_index"), f"{version}/manifest.json vector_index")
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"{exc}; rebuild the index with `medrag index build`") from exc
-    notes = {key: c.get("note") for key, c in manifest.get("vector_index", {}).get("channels", {}).items()}
+    built = manifest.vector_index or VectorIndexInfo(VectorIndexConfig())  # format 1: exact, unsharded
     vectors = {}
-    for domain in manifest["domains"]:
+    for domain in manifest.domains:
         for channel in CHANNELS:
-            paths = [version / rel for rel in channel_files(domain, channel, vector_config.shards)]
+            paths = [version / rel for rel in channel_files(domain, channel, built.config.shards)]
             if all(p.is_file() for p in paths):
                 vectors[(domain, channel)] = ChannelIndex([faiss.read_index(str(p)) for p in paths],
-                                                          notes.get(f"{domain}/{channel}"))
-    dims = manifest["dims"]
-    router = DomainRouter(dims["image"], dims["text"], len(manifest["domains"]))
-    aligner = Aligner(dims["image"], dims["text"], dims["joint"])
+                                                          built.note(domain, channel))
+    dims = manifest.dims
+    router = DomainRouter(dims.image, dims.text, len(manifest.domains))
+    aligner = Aligner(dims.image, dims.text, dims.joint)
     weights = load_file(str(version / "heads.safetensors"))
     router.load_state_dict({k.removeprefix("router."): v for k, v in weights.items() if k.startswith("router.")})
     aligner.load_state_dict({k.removeprefix("aligner."): v for k, v in weights.items() if k.startswith("aligner.")})
@@ -208,8 +261,7 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> IndexBundle:
     aligner.eval()
     return IndexBundle(manifest=manifest, docs=docs, image_owner=image_owner, vectors=vectors,
                        lexical=LexicalIndex.load(version / "lexical"), router=router, aligner=aligner,
-                       selection=SelectionConfig.from_json(manifest["selection"]), root=version,
-                       vector_config=vector_config)
+                       selection=manifest.selection, root=version, vector_config=built.config)
 
 
 def verify_bundle(bundle_dir: str | Path, encoders: bool = True) -> list[str]:
@@ -224,16 +276,16 @@ def verify_bundle(bundle_dir: str | Path, encoders: bool = True) -> list[str]:
     """
     try:
         version = resolve_version(bundle_dir)
-        manifest = _read_manifest_at(version)
-        check_format(manifest, version)
+        stored = _read_manifest_at(version)  # plain JSON: the files are checked before it is parsed
+        check_format(stored, version)
     except BundleError as exc:
         return [str(exc)]
-    problems = verify_files(version, manifest)
+    problems = verify_files(version, stored)
     if not (version / MANIFEST_DIGEST).is_file():
         # Loading accepts this (bundles written before the manifest had its own checksum lack it).
         problems.append(f"missing file {MANIFEST_DIGEST}: the manifest itself cannot be checked; rebuild the index "
                         f"with `medrag index build` to add it")
-    known = {*manifest.get("files", {}), "manifest.json", MANIFEST_DIGEST}
+    known = {*stored.get("files", {}), "manifest.json", MANIFEST_DIGEST}
     problems += [f"unexpected file {rel} (not in the manifest; a version folder is never changed after it is written)"
                  for rel in sorted(str(p.relative_to(version)) for p in version.rglob("*") if p.is_file())
                  if rel not in known]
@@ -245,12 +297,11 @@ def verify_bundle(bundle_dir: str | Path, encoders: bool = True) -> list[str]:
         return [f"the bundle does not load: {type(exc).__name__}: {exc}"]
     if bundle.root != version:
         return [f"{bundle_dir} changed to {bundle.root.name} while it was being verified; run the check again"]
-    if manifest.get("counts") != _counts(bundle):
-        problems.append(f"the manifest's counts {manifest.get('counts')} do not match the files {_counts(bundle)}")
+    if bundle.manifest.counts != _counts(bundle):
+        problems.append(f"the manifest's counts {bundle.manifest.counts} do not match the files {_counts(bundle)}")
     owners = set(bundle.image_owner.values())
     if not owners <= set(bundle.docs):
         problems.append(f"images belong to document numbers not in docs.jsonl: {sorted(owners - set(bundle.docs))[:10]}")
-    dims = manifest["dims"]
     for (domain, channel), index in sorted(bundle.vectors.items()):
         in_domain = {n for n, d in bundle.docs.items() if d.domain == domain}
         expected = (sum(1 for n in bundle.image_owner.values() if n in in_domain) if channel == "image"
@@ -258,32 +309,33 @@ def verify_bundle(bundle_dir: str | Path, encoders: bool = True) -> list[str]:
         if index.ntotal != expected:
             problems.append(f"{domain}/{channel}.faiss holds {index.ntotal} vectors, the bundle has {expected} "
                             f"{'images' if channel == 'image' else 'documents'} in {domain}")
-        if channel in ("text", "image") and index.d != dims[channel]:
-            problems.append(f"{domain}/{channel}.faiss has dimension {index.d}, the {channel} encoder {dims[channel]}")
+        if channel in ("text", "image") and index.d != bundle.channel_dim(channel):
+            problems.append(f"{domain}/{channel}.faiss has dimension {index.d}, the {channel} encoder "
+                            f"{bundle.channel_dim(channel)}")
     live = set(bundle.lexical.live_rows().tolist())
     if live != set(bundle.docs):
         problems.append(f"the lexical index has {len(live)} live rows, docs.jsonl {len(bundle.docs)} documents, "
                         f"and they are not the same numbers")
     if encoders:
-        problems += _encoder_problems(manifest)
+        problems += _encoder_problems(bundle.manifest)
     return problems
 
 
-def _encoder_problems(manifest: dict[str, Any]) -> list[str]:
+def _encoder_problems(manifest: Manifest) -> list[str]:
     from rag.encoders import create_image_encoder, create_text_encoder
 
     problems = []
     for role, create in (("text", create_text_encoder), ("image", create_image_encoder)):
-        built = manifest["encoders"][role]
+        built = manifest.encoders[role]
         try:
-            fingerprint = create(built["name"]).fingerprint
+            fingerprint = create(built.name).fingerprint
         except Exception as exc:  # not installed, not downloadable offline, unknown name: all say the same
-            problems.append(f"the {role} encoder '{built['name']}' cannot be loaded here ({type(exc).__name__}: "
+            problems.append(f"the {role} encoder '{built.name}' cannot be loaded here ({type(exc).__name__}: "
                             f"{exc}); queries need it (skip this check with --no-encoders)")
             continue
-        if fingerprint != built["fingerprint"]:
-            problems.append(f"the {role} encoder '{built['name']}' installed here has fingerprint {fingerprint}, "
-                            f"the bundle was built with {built['fingerprint']}: reinstall the same weights or "
+        if fingerprint != built.fingerprint:
+            problems.append(f"the {role} encoder '{built.name}' installed here has fingerprint {fingerprint}, "
+                            f"the bundle was built with {built.fingerprint}: reinstall the same weights or "
                             f"rebuild the index with `medrag index build`")
     return problems
 
@@ -310,15 +362,13 @@ def save_bundle(bundle: IndexBundle, bundle_dir: str | Path, keep_versions: int 
         weights = {f"router.{k}": v.contiguous() for k, v in bundle.router.state_dict().items()}
         weights.update({f"aligner.{k}": v.contiguous() for k, v in bundle.aligner.state_dict().items()})
         save_file(weights, str(staging / "heads.safetensors"))
-        manifest = dict(bundle.manifest)
-        manifest["format_version"] = FORMAT_VERSION
-        manifest["selection"] = bundle.selection.to_json()
-        manifest["counts"] = _counts(bundle)
-        manifest["vector_index"] = {**bundle.vector_config.to_json(), "channels": {
-            f"{domain}/{channel}": index.describe() for (domain, channel), index in sorted(bundle.vectors.items())}}
-        manifest["files"] = {str(p.relative_to(staging)): _sha256(p)
-                             for p in sorted(staging.rglob("*")) if p.is_file()}
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        manifest = replace(bundle.manifest, format_version=FORMAT_VERSION, selection=bundle.selection,
+                           counts=_counts(bundle), vector_index=VectorIndexInfo(bundle.vector_config, {
+                               f"{domain}/{channel}": index.describe()
+                               for (domain, channel), index in sorted(bundle.vectors.items())}),
+                           files={str(p.relative_to(staging)): _sha256(p)
+                                  for p in sorted(staging.rglob("*")) if p.is_file()})
+        (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False))
         (staging / MANIFEST_DIGEST).write_text(_sha256(staging / "manifest.json") + "\n")
         _fsync_tree(staging)
         with _writer_lock(bundle_dir):

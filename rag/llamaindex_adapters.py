@@ -27,7 +27,9 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from rag.retriever import Hit, Retriever, Routing
+from rag.fusion import Hit
+from rag.retriever import Retriever
+from rag.routing import Routing
 from rag.selection import RULES, Selection, SelectionConfig, select
 
 # Metadata the LLM sees in front of each document's title and text; the rest (image paths, ranks,
@@ -39,7 +41,7 @@ class MedRAGRetriever(BaseRetriever):
     """A llama-index retriever over our domain-aware `Retriever`: one `TextNode` per fused hit.
 
     Nodes keep our ranking and fused RRF scores (positive, best first) and carry the routing
-    decision, so `AdaptiveSelectionPostprocessor` can cut the list exactly as `Retriever.select` does.
+    decision, so `AdaptiveSelectionPostprocessor` can cut the list exactly as `rag.selection.select_hits` does.
     `last_result` holds the most recent `RetrievalResult` (timings, channels) for inspection.
     """
 

@@ -23,7 +23,8 @@ from rag.encoders import ImageInput, load_rgb
 from rag.generator import Generator, create_generator
 from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, match_option, parse_citations, snippet,
                         supporting_evidence)
-from rag.retriever import Hit, Retriever
+from rag.fusion import Hit
+from rag.retriever import Retriever
 from rag.selection import select_hits
 from rag.vlm import DEFAULT_VLM
 

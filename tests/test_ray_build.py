@@ -30,6 +30,8 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_ray_build_matches_local_build(local_ray, small_corpus: Path, small_index: Path, encoders,
                                        tmp_path: Path) -> None:
     text, image = encoders
@@ -37,7 +39,7 @@ def test_ray_build_matches_local_build(local_ray, small_corpus: Path, small_inde
     build_index(small_corpus / "corpus.jsonl", out, qa=small_corpus / "qa.jsonl", progress=False,
                 text_encoder=text, image_encoder=image, engine="ray")
     local, remote = load_bundle(small_index), load_bundle(out)
-    assert remote.manifest["engine"] == "ray" and local.manifest["engine"] == "local"
+    assert remote.manifest.engine == "ray" and local.manifest.engine == "local"
 
     # what the engine is responsible for: documents and their numbers, images, BM25, vectors and ids
     local_files, remote_files = read_manifest(small_index)["files"], read_manifest(out)["files"]
