@@ -1,13 +1,16 @@
-"""`MedRAG`: the query path of DESIGN §5 in one object.
+"""`MedRAG`: the query path of DESIGN §5 in one object, stage by stage.
 
-    route -> retrieve (RRF over the channels) -> select (adaptive k) -> prompt with numbered
-    evidence -> generate or score the options -> cite -> Answer
+    gather:  retrieve (search every channel -> fuse -> route, in `Retriever.retrieve`)
+             -> select (adaptive k, `rag.selection.select_hits`)
+    ask:     abstain if the kept evidence is weak, else
+    respond: prompt with numbered evidence -> score the options or generate -> cite -> Answer
 
 It abstains ("the evidence does not answer this") instead of guessing when retrieval is weak: when
 nothing survives selection, or when the best kept item is not close to the query in any dense
-channel (question->text cosine, image->image cosine) nor a strong lexical match. Every answer that uses evidence cites at least
-one evidence item: the model's own [n] markers when it writes them, otherwise the kept items whose
-text states the answer (marked `how="attributed"`, so an evaluation can tell the two apart).
+channel (question->text cosine, image->image cosine) nor a strong lexical match. Every answer that
+uses evidence cites at least one evidence item: the model's own [n] markers when it writes them,
+otherwise the kept items whose text states the answer (marked `how="attributed"`, so an evaluation
+can tell the two apart).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from typing import Any
 from PIL import Image
 
 from rag.encoders import ImageInput, load_rgb
+from rag.fusion import Hit
 from rag.generator import Generator, create_generator
 from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, match_option, parse_citations, snippet,
                         supporting_evidence)
-from rag.fusion import Hit
 from rag.retriever import Retriever
 from rag.selection import select_hits
 from rag.vlm import DEFAULT_VLM
