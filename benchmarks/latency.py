@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rag.cli import resolve_generator_name  # noqa: E402
+from rag.defaults import resolve_generator_name  # noqa: E402
 from rag.corpus import read_qa  # noqa: E402
 from rag.pipeline import MedRAG  # noqa: E402
 from rag.selection import select_hits  # noqa: E402

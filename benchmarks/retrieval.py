@@ -49,18 +49,18 @@ def run_sample(index_dir: Path, corpus_dir: Path) -> dict:
     spec = IndexSpec.from_file(REPO / "indexes" / "sample.yaml")
     build_seconds = None
     if not (index_dir / "CURRENT").is_file():
-        from rag.cli import ensure_sample_corpus
+        from sample_corpus.build import ensure_sample_corpus
 
-        ensure_sample_corpus(spec)
+        ensure_sample_corpus(spec.corpus, spec.sample_seed)
         started = time.perf_counter()
         build_index(spec.corpus, index_dir, spec=spec, qa=spec.qa)
         build_seconds = round(time.perf_counter() - started, 1)
     retriever = Retriever.load(index_dir)
     questions = [q for q in read_qa(corpus_dir / "qa.jsonl") if q.split == "test"]
     report = evaluate_retrieval(retriever, questions, corpus_dir)
-    report["build_seconds"] = build_seconds or retriever.bundle.manifest.get("build_seconds")
-    report["routing"] = retriever.bundle.manifest["routing"]
-    report["fusion"] = retriever.bundle.manifest.get("fusion")
+    report["build_seconds"] = build_seconds or retriever.bundle.manifest.build_seconds
+    report["routing"] = retriever.bundle.manifest.routing.to_json()
+    report["fusion"] = retriever.bundle.manifest.fusion
     return report
 
 
@@ -106,7 +106,7 @@ def run_medpix(work: Path, seed: int = 0) -> dict:
     test = [q for q in questions if q.split == "test"]
     systems = tuple(s for s in SYSTEMS if s.name in ("domain-aware", "bm25 only", "dense text only"))
     out["case_retrieval"] = evaluate_retrieval(retriever, test, base, systems=systems, progress=False)
-    out["case_retrieval"]["fusion"] = retriever.bundle.manifest.get("fusion")
+    out["case_retrieval"]["fusion"] = retriever.bundle.manifest.fusion
     out["case_retrieval"]["n_documents"] = len(case_docs)
 
     # --- image -> caption through the joint space
@@ -127,7 +127,7 @@ def run_medpix(work: Path, seed: int = 0) -> dict:
     out["image_to_caption"] = evaluate_retrieval(retriever, test_images, base, systems=joint_only, progress=False)
     out["image_to_caption"]["n_documents"] = len(caption_docs)
     out["image_to_caption"]["chance_recall@10"] = round(10 / len(caption_docs), 4)
-    out["image_to_caption"]["aligner"] = retriever.bundle.manifest["heads"]["aligner"]
+    out["image_to_caption"]["aligner"] = retriever.bundle.manifest.heads.aligner
     return out
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,12 +43,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from rag.corpus import QAItem
+from rag.corpus import QAItem, read_qa
 from rag.counterfactual import replaced_image
-from rag.generator import Generator
+from rag.generator import Generator, create_generator
 from rag.pipeline import Answer, MedRAG
-from rag.qa_inputs import image_pool, qa_picture
-from rag.reporting import new_figure, save_figure
+from rag.qa_inputs import closed_questions, image_pool, qa_picture
+from rag.reporting import machine_description, new_figure, now, save_figure
+from rag.retriever import Retriever
 from rag.text import words
 
 SYSTEMS = ("majority", "no_retrieval", "fixed_k", "adaptive", "rag_pt", "sft", "sft_retrieval")
@@ -356,3 +358,50 @@ def markdown(report: dict[str, Any], name: str = "factuality") -> str:
 
 def outcomes_to_json(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
     return [asdict(o) for o in outcomes]
+
+
+# --- the experiment end to end --------------------------------------------------------------------
+
+def run_factuality(qa: str | Path, base: str, index: str | Path, *, added_index: str | Path | None = None,
+                   rag_pt: str | None = None, sft: str | None = None, splits: Sequence[str] = ("test", "added"),
+                   questions: int = 0, seed: int = 0, settings: EvalSettings | None = None,
+                   steps: Sequence[dict[str, Any]] = (), notes: Sequence[str] = (), command: str = "",
+                   out: str | Path = "benchmarks/results", name: str = "factuality",
+                   progress: bool = True) -> tuple[dict[str, Any], list[Path]]:
+    """The whole experiment: every system whose model is given (`base`; `rag_pt`, `sft` optional) on
+    `questions` closed questions per split (0: all), stratified by domain. The `test` split is retrieved
+    from `index`, the `added` split from `added_index` (the index that also holds the documents added
+    after training). Writes `out/name.{json,md,png}` and returns the report and those paths.
+
+    `steps` are earlier steps ({step, command, seconds}, e.g. training) whose run times the report adds
+    to its own; `command` is how the run was started, for the report's header."""
+    started = time.perf_counter()
+    settings = settings or EvalSettings()
+    indexes = {"test": str(index), "added": str(added_index) if added_index else None}
+    # Checked before any model loads: a typo should not cost the minutes the first split takes.
+    for split in splits:
+        if split not in indexes:
+            raise ValueError(f"--splits takes test and/or added, got {split!r}")
+        if not indexes[split]:
+            raise ValueError("the added split needs --added-index: the index with the added documents "
+                             "(`medrag index add`), built after training")
+    models = {"base": base, "rag_pt": rag_pt, "sft": sft}
+    generators = {model: create_generator(path) for model, path in models.items() if path}
+    prior = majority_answers(q for q in read_qa(qa) if q.split == "train")
+    outcomes: list[Outcome] = []
+    timings: dict[str, float] = {}
+    for split in splits:
+        split_started = time.perf_counter()
+        rag = MedRAG(Retriever.load(indexes[split]), generators["base"])
+        items = closed_questions(qa, [split], questions, seed)
+        outcomes += run_split(rag, generators, items, split, Path(qa).parent, prior, settings, progress=progress)
+        timings[split] = round(time.perf_counter() - split_started, 1)
+    summary = summarise(outcomes)
+    report = {"date": now(), "machine": machine_description(), "command": command,
+              "settings": {**asdict(settings), "questions_per_split": questions, "seed": seed,
+                           "models": models, "indexes": indexes, "qa": str(qa)},
+              "eval_seconds": timings, "steps": list(steps),
+              "total_seconds": round(sum(s["seconds"] for s in steps) + time.perf_counter() - started, 1),
+              "summary": summary, "comparisons": comparisons(outcomes), "over_reliance": over_reliance_change(summary),
+              "notes": list(notes), "outcomes": outcomes_to_json(outcomes)}
+    return report, write_report(report, Path(out), name)
