@@ -122,6 +122,7 @@ def test_bad_configuration_is_refused_with_the_field_named(tmp_path: Path) -> No
     assert (loaded.type, loaded.shards, loaded.nprobe) == ("ivf-pq", 2, 8)
 
 
+@pytest.mark.slow
 def test_resharded_bundle_round_trips_and_matches_unsharded(small_index: Path, small_corpus: Path, encoders,
                                                             tmp_path: Path) -> None:
     """The same vectors in three flat shards per channel: same files checked, same answers."""
@@ -180,6 +181,7 @@ def hnsw_index(small_corpus: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_hnsw_bundle_built_by_the_cli(hnsw_index: Path, small_corpus: Path, encoders, capsys) -> None:
     from rag.cli import main
 

@@ -13,6 +13,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from rag.corpus import read_documents, read_qa
 from rag.index_bundle import BundleError, load_bundle
 from rag.lexical import LexicalIndex
@@ -64,6 +66,7 @@ def test_lexical_first_search_from_many_threads() -> None:
         assert results == [expected] * 6
 
 
+@pytest.mark.slow
 def test_readers_see_old_or_new_while_add_runs(small_index: Path, small_corpus: Path, tmp_path: Path) -> None:
     bundle_dir = tmp_path / "index"
     shutil.copytree(small_index, bundle_dir, symlinks=True)

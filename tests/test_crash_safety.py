@@ -22,6 +22,8 @@ from rag.corpus import copy_corpus_slice
 from rag.index_build import build_index
 from rag.index_bundle import POINTER, load_bundle, verify_bundle
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("CRASH_SEED", "0"))
 

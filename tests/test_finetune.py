@@ -15,6 +15,8 @@ from finetune.pairs import pair_kinds
 from rag.cli import main
 from rag.corpus import read_qa
 
+pytestmark = pytest.mark.slow
+
 TRAIN_FLAGS = ["--max-steps", "2", "--batch-size", "2", "--lr", "5e-3", "--lora-rank", "4", "--save-steps", "1"]
 
 
@@ -184,19 +186,32 @@ def test_settings_file_then_flags(tmp_path):
 
 
 def test_knowledge_sft_runs_and_teaches_document_facts(small_corpus, tiny_vlm_dir, tmp_path):
+    """After SFT on one document, the model finds that document's facts more likely than before."""
     from finetune.sft import fact_examples
-    from rag.corpus import read_documents
+    from rag.corpus import copy_corpus_slice, read_documents
+    from rag.generator import create_generator
+    from rag.prompt import build_prompt
 
-    doc = next(d for d in read_documents(small_corpus / "corpus.jsonl") if d.domain == "radiology")
-    facts = fact_examples(doc)
-    assert any("What is the impression of" in f["prompt"][1]["content"] for f in facts)
+    radiology = next(i for i, d in enumerate(read_documents(small_corpus / "corpus.jsonl")) if d.domain == "radiology")
+    corpus = copy_corpus_slice(small_corpus, tmp_path / "one-doc", "corpus.jsonl", slice(radiology, radiology + 1))
+    doc = read_documents(corpus)[0]
+    facts = [(f["prompt"][1]["content"].split("Question: ", 1)[1], f["completion"][0]["content"])
+             for f in fact_examples(doc)]
+    assert any(q.startswith("What is the impression of") for q, _ in facts)
     out = tmp_path / "sft"
-    assert main(["finetune", "sft", "--corpus", str(small_corpus / "corpus.jsonl"), "--qa",
-                 str(small_corpus / "qa.jsonl"), "--questions", "8", "--base", str(tiny_vlm_dir), "--out", str(out),
-                 *TRAIN_FLAGS, "--json"]) == 0
+    assert main(["finetune", "sft", "--corpus", str(corpus), "--qa", str(small_corpus / "qa.jsonl"),
+                 "--questions", "1", "--base", str(tiny_vlm_dir), "--out", str(out), *TRAIN_FLAGS,
+                 "--max-steps", "6", "--json"]) == 0
     changed = _changed_keys(load_file(str(tiny_vlm_dir / "model.safetensors")),
                             load_file(str(out / "merged" / "model.safetensors")))
     assert changed and all("language_model.layers" in k for k in changed)
+
+    def fact_log_prob(model_dir: Path) -> float:
+        generator = create_generator(str(model_dir))
+        return sum(generator.score_options(build_prompt(q, []), [a])[0] for q, a in facts) / len(facts)
+
+    before, after = fact_log_prob(tiny_vlm_dir), fact_log_prob(out / "merged")
+    assert after > before + 0.1, f"mean log-prob per answer token of the document's facts: {before:.3f} -> {after:.3f}"
 
 
 def test_eval_qa_runs_every_system_and_writes_the_report(small_index, small_corpus, tiny_vlm_dir, dpo_dir,

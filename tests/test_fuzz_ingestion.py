@@ -33,6 +33,8 @@ from rag.index_build import document_text, load_corpus
 from rag.index_bundle import load_bundle, read_manifest
 from rag.lexical import LexicalIndex
 
+pytestmark = pytest.mark.slow
+
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GOOD_IMAGE = "images/good.png"
 BAD_PATHS = ("../outside.png", "images/../../outside.png", "/etc/passwd", "images/link_out.png", "images/loop.png",

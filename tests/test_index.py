@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def test_bundle_round_trip(small_index: Path, small_corpus: Path, encoders, retr
     assert not any(p.read_bytes()[:1] == b"\x80" for p in resolve_version(small_index).rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_retrieval_finds_the_case(small_corpus: Path, retriever: Retriever) -> None:
     items = [q for q in read_qa(small_corpus / "qa.jsonl") if q.split == "test"]
     hits_at_5 = 0
@@ -78,13 +81,34 @@ def test_filters_domains_and_channels(small_corpus: Path, retriever: Retriever) 
 
 
 def test_selection_explains_its_cut(small_corpus: Path, retriever: Retriever) -> None:
-    item = next(q for q in read_qa(small_corpus / "qa.jsonl") if q.split == "test")
-    result = retriever.retrieve(item.question, k=10)
-    for rule in ("gap", "relative", "fixed", "rule"):
-        kept, selection = select_hits(result.hits, retriever.bundle.selection, rule=rule)
-        assert 1 <= selection.k == len(kept) <= 10 and selection.reason
+    """Each rule's reason names the quantity that decided the cut, and that quantity is the true one."""
+    config = retriever.bundle.selection
+    for item in [q for q in read_qa(small_corpus / "qa.jsonl") if q.split == "test"][:5]:
+        result = retriever.retrieve(item.question, k=10)
+        scores = [h.score for h in result.hits]
+        for rule in ("gap", "relative", "fixed", "rule"):
+            kept, selection = select_hits(result.hits, config, rule=rule)
+            k = selection.k
+            assert 1 <= k == len(kept) <= 10 and selection.rule == rule
+            assert kept == result.hits[:k]
+            assert selection.cut_scores == ((scores[k - 1], scores[k]) if k < len(scores) else None)
+            if rule == "gap":
+                ratios = [math.log(scores[i - 1] / scores[i]) for i in range(1, min(config.k_max, len(scores)))]
+                if selection.reason.startswith(f"cut after {k}:"):
+                    assert ratios[k - 1] > config.gamma and f"= {ratios[k - 1]:.4g} > gamma" in selection.reason
+                else:  # no gap inside the window: nothing before the cut exceeded gamma
+                    assert all(r <= config.gamma for r in ratios[config.k_min - 1:]), selection.reason
+            elif rule == "relative":
+                if selection.reason.startswith(f"cut after {k}:"):
+                    ratio = scores[k] / scores[0]
+                    assert ratio < config.rho and f"S{k + 1}/S1 = {ratio:.4g} < rho" in selection.reason
+                assert all(s / scores[0] >= config.rho for s in scores[1:k]) or k == config.k_min
+            else:
+                assert f"fixed k = {config.k}" in selection.reason
+                assert selection.reason.startswith("RULE: ") == (rule == "rule")
 
 
+@pytest.mark.slow
 def test_add_and_remove_without_rebuild(index_copy: Path, small_corpus: Path, encoders) -> None:
     before = read_manifest(index_copy)
     added_docs = read_documents(small_corpus / "corpus_added.jsonl")
@@ -160,6 +184,8 @@ def test_damaged_bundles_are_refused(index_copy: Path) -> None:
         load_bundle(index_copy / "nope")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_cli_index_and_eval(small_index: Path, small_corpus: Path, capsys) -> None:
     from rag.cli import main
 

@@ -83,6 +83,7 @@ def test_retriever_reproduces_core_ranking(text_runs) -> None:
         assert_same_ranking(nodes, result)
 
 
+@pytest.mark.slow
 def test_retriever_reproduces_core_ranking_with_an_image(retriever: Retriever, questions: list[QAItem],
                                                          small_corpus: Path) -> None:
     adapter = MedRAGRetriever(retriever, k=5)
@@ -144,6 +145,7 @@ def test_postprocessor_refuses_missing_scores_and_unknown_rules() -> None:
         AdaptiveSelectionPostprocessor(SelectionConfig(), rule="top_p")
 
 
+@pytest.mark.slow
 def test_query_engine_answers_with_the_selected_evidence(retriever: Retriever, questions: list[QAItem],
                                                          small_corpus: Path) -> None:
     engine = as_query_engine(retriever, llm=MockLLM(max_tokens=8), k=10)

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 

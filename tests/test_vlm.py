@@ -75,6 +75,7 @@ def test_generate_continues_from_the_prompt(tiny):
     assert torch.equal(out[0, :inputs["input_ids"].shape[1]], inputs["input_ids"][0])
 
 
+@pytest.mark.slow
 def test_align_trains_only_the_projector_and_saves_a_loss_curve(tiny_vlm_dir, small_corpus, tmp_path):
     from finetune.projector import AlignConfig, caption_pairs, save_aligned, split_pairs, train_projector
 
@@ -97,6 +98,7 @@ def test_align_trains_only_the_projector_and_saves_a_loss_curve(tiny_vlm_dir, sm
     assert not {p[0] for p in train} & {p[0] for p in val}
 
 
+@pytest.mark.slow
 def test_default_vlm_is_built_from_the_offline_weights():
     """The GGUF SmolLM2 de-quantised into the composite still knows its facts; the CNN is the ImageNet one."""
     from rag.encoders import EfficientNetLite0Encoder
