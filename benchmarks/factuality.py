@@ -1,4 +1,4 @@
-"""The factuality experiment of DESIGN §7, end to end, with the run time of every step.
+"""The factuality experiment of docs/design.md §7, end to end, with the run time of every step.
 
     .venv/bin/python benchmarks/factuality.py                 # the committed run (defaults below)
     .venv/bin/python benchmarks/factuality.py --quick         # a smoke run: few questions, few steps

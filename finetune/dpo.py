@@ -1,4 +1,4 @@
-"""RAG-PT: DPO with LoRA on the VLM over the preference pairs of `finetune.pairs` (DESIGN §7).
+"""RAG-PT: DPO with LoRA on the VLM over the preference pairs of `finetune.pairs` (docs/design.md §7).
 
 A thin layer over TRL's DPOTrainer. Three things are ours:
 

@@ -2,7 +2,7 @@
 TRL training arguments, resuming, and saving an adapter plus a merged model.
 
 LoRA goes on the decoder's attention and MLP projections only, chosen by a regular expression over
-module names (DESIGN §6): the vision tower and the projector stay as aligned, and a model that
+module names (docs/design.md §6): the vision tower and the projector stay as aligned, and a model that
 names its decoder `language_model` (MedVLM, LLaVA, Qwen2-VL) or `text_model` (Idefics3 / SmolVLM)
 gets the same targets. The LM head is never a target (TRL's fused log-prob head reads its weight
 directly and would never train an adapter there).

@@ -1,4 +1,4 @@
-"""RAG-PT preference pairs (DESIGN §7), built by running the current VLM on the train split.
+"""RAG-PT preference pairs (docs/design.md §7), built by running the current VLM on the train split.
 
 For each train question the model answers three times over the same gathered evidence: with
 retrieval, without it, and (image questions) with the image replaced by noise or an image from

@@ -1,4 +1,4 @@
-"""The knowledge fine-tuning baseline (DESIGN §7): LoRA SFT that puts the documents' facts into the
+"""The knowledge fine-tuning baseline (docs/design.md §7): LoRA SFT that puts the documents' facts into the
 weights, with no retrieval, to compare against teaching the model to use evidence (RAG-PT).
 
 Training examples, in TRL's conversational prompt-completion format (the loss covers the answer only):

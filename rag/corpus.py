@@ -1,4 +1,4 @@
-"""The corpus and QA data model (DESIGN §3): typed records, JSONL reading and writing, validation.
+"""The corpus and QA data model (docs/design.md §3): typed records, JSONL reading and writing, validation.
 
 A corpus is a JSONL file of documents plus a folder of images whose paths are relative to the
 file. A QA set is a JSONL file of questions, each tied to one document and one split. Validation
@@ -22,7 +22,7 @@ from PIL import Image
 
 DOMAINS: tuple[str, ...] = ("radiology", "ophthalmology", "pathology", "tcm_herb", "tcm_tongue")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "added")
-"""`added` marks documents held out of all training, to be added to the index later (DESIGN §7)."""
+"""`added` marks documents held out of all training, to be added to the index later (docs/design.md §7)."""
 
 # A decompression bomb is an image whose header claims far more pixels than any scan we index.
 MAX_IMAGE_PIXELS = 64_000_000

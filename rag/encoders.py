@@ -1,4 +1,4 @@
-"""The model registry for encoders (DESIGN §6): every text and image encoder is named by a string.
+"""The model registry for encoders (docs/design.md §6): every text and image encoder is named by a string.
 
 Names resolve like open_clip's factory, by one function per role:
 

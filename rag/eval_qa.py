@@ -1,4 +1,4 @@
-"""The factuality experiment of DESIGN §7: does teaching the VLM to use evidence beat teaching it facts?
+"""The factuality experiment of docs/design.md §7: does teaching the VLM to use evidence beat teaching it facts?
 
 Systems (a system is a model plus how much evidence it sees):
 
@@ -311,7 +311,7 @@ def _fmt(rate: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any], name: str = "factuality") -> str:
     summary = report["summary"]
-    lines = ["# Factuality experiment: RAG preference tuning vs knowledge fine-tuning (DESIGN §7)", "",
+    lines = ["# Factuality experiment: RAG preference tuning vs knowledge fine-tuning (docs/design.md §7)", "",
              f"Date: {report['date']}  ", f"Machine: {report['machine']}  ",
              f"Total wall time: {report['total_seconds'] / 60:.1f} min", ""]
     if report.get("steps"):

@@ -1,4 +1,4 @@
-"""Fusion of the retrieval channels (DESIGN §5 step 2): weighted Reciprocal Rank Fusion.
+"""Fusion of the retrieval channels (docs/design.md §5 step 2): weighted Reciprocal Rank Fusion.
 
 The retriever searches every channel the query can use over every domain it may search, and
 `fuse` merges those rankings into one flat list: a document scores the sum, over the channels that

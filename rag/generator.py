@@ -1,4 +1,4 @@
-"""The generator interface (DESIGN §5 step 4, §6): one class over any transformers image-text-to-text
+"""The generator interface (docs/design.md §5 step 4, §6): one class over any transformers image-text-to-text
 model, driven through the model's own processor and chat template.
 
 Backends, named by one string (`create_generator`):

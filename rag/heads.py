@@ -1,7 +1,7 @@
 """Light heads trained on frozen encoder features at index-build time.
 
 * `DomainRouter`: two linear classifiers, one on image features and one on text features, that
-  predict the domain of a query (DESIGN §5 step 1).
+  predict the domain of a query (docs/design.md §5 step 1).
 * `Aligner`: two linear projections into a shared space, trained contrastively (symmetric InfoNCE)
   on image–document pairs, so an image can retrieve text (the MMed-RAG retriever idea at CPU cost).
 

@@ -1,4 +1,4 @@
-"""Build, grow and shrink index bundles (DESIGN §4).
+"""Build, grow and shrink index bundles (docs/design.md §4).
 
 `build_index` runs, in order: validate the corpus; embed documents and images in batches; train the
 router and aligner heads; index the vectors (one FAISS index per domain and channel) and the BM25

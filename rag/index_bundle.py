@@ -1,4 +1,4 @@
-"""The index bundle on disk (DESIGN §4): versioned, checksummed, written atomically, no pickle.
+"""The index bundle on disk (docs/design.md §4): versioned, checksummed, written atomically, no pickle.
 
     indexes/NAME/
       CURRENT                 name of the live version folder (replaced atomically)

@@ -1,4 +1,4 @@
-"""The lexical retrieval channel (DESIGN §5, step 2): question → text with BM25.
+"""The lexical retrieval channel (docs/design.md §5, step 2): question → text with BM25.
 
 Three things matter for a medical corpus that mixes English reports with Chinese herb monographs:
 

@@ -1,4 +1,4 @@
-"""llama-index adapters (DESIGN §9): our retriever and adaptive selection behind its interfaces.
+"""llama-index adapters (docs/design.md §9): our retriever and adaptive selection behind its interfaces.
 
 The core (`rag.retriever`, `rag.selection`) knows nothing of llama-index; this module translates at
 the edge so that a llama-index pipeline can use domain-aware retrieval and calibrated selection:
@@ -90,7 +90,7 @@ def hit_node(hit: Hit, routing: Routing) -> TextNode:
 
 
 class AdaptiveSelectionPostprocessor(BaseNodePostprocessor):
-    """Keep the first k nodes, with k chosen by our selection rule (DESIGN §5 step 3) on their scores.
+    """Keep the first k nodes, with k chosen by our selection rule (docs/design.md §5 step 3) on their scores.
 
     Nodes must arrive best first with positive scores, as `MedRAGRetriever` returns them; they are
     never re-sorted (out-of-order scores are an error, not something to fix silently). Each kept node

@@ -1,4 +1,4 @@
-"""The index bundle's manifest.json, typed (DESIGN §4).
+"""The index bundle's manifest.json, typed (docs/design.md §4).
 
 `Manifest.from_json` reads the file's content and `Manifest.to_json` writes it back with the same
 keys, in the same order; every missing or malformed key is a `BundleError` naming the file and what

@@ -1,4 +1,4 @@
-"""`MedRAG`: the query path of DESIGN §5 in one object, stage by stage.
+"""`MedRAG`: the query path of docs/design.md §5 in one object, stage by stage.
 
     gather:  retrieve (search every channel -> fuse -> route, in `Retriever.retrieve`)
              -> select (adaptive k, `rag.selection.select_hits`)

@@ -1,10 +1,10 @@
-"""Evidence prompts and citations (DESIGN §5 step 4).
+"""Evidence prompts and citations (docs/design.md §5 step 4).
 
 The prompt numbers the evidence [1]..[k] and asks for an answer that cites it. Each evidence item is
 cut to the sentences that share the most words with the question (and options), in document order:
 a 135M model reads 10 short, on-topic items far better than 10 whole documents, and the prompt stays
 short enough for a CPU. The same builder serves answering, preference-pair building and evaluation,
-so training prompts carry exactly as many evidence items as test prompts (DESIGN §7).
+so training prompts carry exactly as many evidence items as test prompts (docs/design.md §7).
 """
 
 from __future__ import annotations

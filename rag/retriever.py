@@ -1,4 +1,4 @@
-"""The domain-aware retriever (DESIGN §5 steps 1–3).
+"""The domain-aware retriever (docs/design.md §5 steps 1–3).
 
 A query runs through three stages, in this order:
 

@@ -1,4 +1,4 @@
-"""Soft domain routing (DESIGN §5 step 1), decided after the channels are searched and fused.
+"""Soft domain routing (docs/design.md §5 step 1), decided after the channels are searched and fused.
 
 The retriever searches every domain it may search and fuses the channels first (`rag.fusion`);
 routing then picks the domain from two kinds of evidence:

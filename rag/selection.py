@@ -1,4 +1,4 @@
-"""Adaptive context selection (DESIGN §5 step 3): how many retrieved candidates the model sees.
+"""Adaptive context selection (docs/design.md §5 step 3): how many retrieved candidates the model sees.
 
 Too little evidence misses the gold document; too much buries it and breaks a small model's
 instruction following (MMed-RAG saw this at k = 6-10). Four rules decide k from one question's

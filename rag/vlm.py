@@ -1,4 +1,4 @@
-"""The default small VLM (DESIGN §6): EfficientNet-Lite0 grid -> MLP projector -> SmolLM2-135M-Instruct.
+"""The default small VLM (docs/design.md §6): EfficientNet-Lite0 grid -> MLP projector -> SmolLM2-135M-Instruct.
 
 A LLaVA-style composite written as one transformers model file: config, model and processor,
 registered with the Auto classes, so `save_pretrained`, `from_pretrained`, `generate`, PEFT and TRL
@@ -107,7 +107,7 @@ class MedVLMPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        # `post_init()` would otherwise re-initialise the pretrained CNN (DESIGN §6); the language
+        # `post_init()` would otherwise re-initialise the pretrained CNN (docs/design.md §6); the language
         # model and projector get the library's default initialisation.
         if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
             return
@@ -331,7 +331,7 @@ def build_vlm(language_model: LlamaForCausalLM | PreTrainedModel, tokenizer: Any
     """Wrap a causal LM and its tokenizer into a MedVLM with a fresh projector.
 
     The processor is built first because it adds `<image>` to the vocabulary; the model is then
-    sized to the tokenizer (DESIGN §6)."""
+    sized to the tokenizer (docs/design.md §6)."""
     processor = build_processor(tokenizer)
     text_config = language_model.config
     vocab = len(processor.tokenizer)

@@ -1,7 +1,7 @@
 """Build the multi-domain sample corpus: documents, drawn images and a closed QA set.
 
 Deterministic from one seed. Splits are assigned per *document* (train/val/test, plus `added`:
-documents held out of all training and out of the first index, to be added later — DESIGN §7).
+documents held out of all training and out of the first index, to be added later — docs/design.md §7).
 Each document gets `images_per_doc` corpus images; questions that need an image are asked with
 separate held-out *query* images of the same case, so retrieval never matches a query image to
 its own copy in the index.

@@ -1,4 +1,4 @@
-"""Both QA notebooks execute end to end on the offline defaults (DESIGN §2: notebooks are tested)."""
+"""Both QA notebooks execute end to end on the offline defaults (docs/design.md §10: notebooks are tested)."""
 
 from __future__ import annotations
 
