@@ -1,4 +1,5 @@
-"""Replaced images: the counterfactual behind MMed-RAG's cross-modality pairs and copy-reference rate (docs/design.md §7).
+"""Replaced images: the counterfactual behind MMed-RAG's cross-modality pairs and copy-reference rate
+(docs/design.md §7).
 
 A question's image is swapped for Gaussian noise or for a real image from another domain while the
 evidence stays the same. A model that still gives the same answer read it off the evidence and
