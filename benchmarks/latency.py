@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from rag.defaults import resolve_generator_name  # noqa: E402
 from rag.corpus import read_qa  # noqa: E402
 from rag.pipeline import MedRAG  # noqa: E402
+from rag.reporting import machine_description, new_figure, now, save_figure  # noqa: E402
 from rag.selection import select_hits  # noqa: E402
 
 OFF_TOPIC = ["What is the capital of France?", "How do I change the oil in a motorbike gearbox?",
@@ -103,8 +102,7 @@ def main() -> int:
     abstained_val = sum(rag.evidence_is_weak(*s) for s in answerable)
     report = {
         "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
-        "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, {platform.system()}", "torch_threads": __import__("torch").get_num_threads(),
+        "date": now(), "machine": machine_description(), "torch_threads": __import__("torch").get_num_threads(),
         "generator": generator, "index": args.index, "load_seconds": round(load_seconds, 2), "latency": latency,
         "closed_accuracy_on_these_questions": correct,
         "answers_citing_existing_evidence": f"{cited_ok}/{answered}",
@@ -127,19 +125,12 @@ def main() -> int:
 
 
 def plot(latency: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = new_figure(figsize=(6, 3.2))
     ax.boxplot([v["all_s"] for v in latency.values()], tick_labels=list(latency))
     ax.axhline(3.0, color="tab:red", linestyle="--", label="target p50 ≤ 3 s (closed)")
     ax.set_ylabel("warm ask latency (s)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(r: dict) -> str:

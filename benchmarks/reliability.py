@@ -13,11 +13,9 @@ temporary folder on a small sample corpus. Writes benchmarks/results/reliability
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import struct
@@ -42,6 +40,7 @@ from rag.corpus import copy_corpus_slice, read_qa  # noqa: E402
 from rag.encoders import create_image_encoder, create_text_encoder  # noqa: E402
 from rag.index_build import build_index  # noqa: E402
 from rag.index_bundle import MANIFEST_DIGEST, POINTER, BundleError, load_bundle, resolve_version, verify_bundle  # noqa: E402
+from rag.reporting import machine_description, now  # noqa: E402
 from rag.retriever import Retriever  # noqa: E402
 from sample_corpus.build import build_sample_corpus  # noqa: E402
 
@@ -334,18 +333,11 @@ def concurrency(work: Path, corpus: Path, index: Path, encoders) -> None:
            writer.returncode == 0 and not failures and counts[0] == old and len(counts) <= 2 and seen == sorted(seen))
 
 
-def machine() -> str:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores {cpu}, Python {platform.python_version()}"
-
-
 def write_report(args: argparse.Namespace, seconds: float) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     meta = {"command": "python benchmarks/reliability.py" + (f" --kills {args.kills}" if args.kills != 3 else "")
-            + (f" --seed {args.seed}" if args.seed else ""), "machine": machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "git_commit": commit, "seconds": round(seconds, 1),
+            + (f" --seed {args.seed}" if args.seed else ""), "machine": machine_description(),
+            "date": now(), "git_commit": commit, "seconds": round(seconds, 1),
             "passed": sum(r["pass"] for r in ROWS), "total": len(ROWS)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "reliability.json").write_text(json.dumps({**meta, "rows": ROWS}, indent=2, ensure_ascii=False) + "\n")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from rag.corpus import Document, QAItem, read_documents, read_qa, write_jsonl  # noqa: E402
 from rag.eval_retrieval import SYSTEMS, System, evaluate_retrieval, format_table  # noqa: E402
 from rag.index_build import IndexSpec, build_index  # noqa: E402
+from rag.reporting import machine_description, now  # noqa: E402
 from rag.retriever import Retriever  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -131,18 +131,9 @@ def run_medpix(work: Path, seed: int = 0) -> dict:
     return out
 
 
-def machine() -> str:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores {cpu}, Python {platform.python_version()}"
-
-
 def markdown(results: dict, command: str) -> str:
-    lines = ["# Retrieval benchmark", "", f"- command: `{command}`", f"- machine: {machine()}",
-             f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
+    lines = ["# Retrieval benchmark", "", f"- command: `{command}`", f"- machine: {machine_description()}",
+             f"- date: {now()}",
              f"- git commit: {results.get('commit', '?')}", ""]
     if "sample" in results:
         s = results["sample"]

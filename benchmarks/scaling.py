@@ -27,7 +27,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from rag.corpus import Document  # noqa: E402
 from rag.index_bundle import IndexBundle, load_bundle, save_bundle  # noqa: E402
 from rag.lexical import LexicalIndex  # noqa: E402
 from rag.manifest import Dims, EncoderInfo, Manifest, RoutingInfo  # noqa: E402
+from rag.reporting import machine_facts, new_figure, now, save_figure  # noqa: E402
 from rag.selection import SelectionConfig  # noqa: E402
 from rag.vector_index import INDEX_TYPES, ChannelIndex, VectorIndexConfig  # noqa: E402
 
@@ -196,14 +196,7 @@ def run_size(n: int, types: list[str], n_queries: int, exact_queries: int, work:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 1e9, 1),
-            "python": platform.python_version(), "faiss": faiss.__version__, "platform": platform.platform()}
+    return {**machine_facts(), "faiss": faiss.__version__}
 
 
 def _loads(values: list[float]) -> str:
@@ -211,13 +204,8 @@ def _loads(values: list[float]) -> str:
 
 
 def write_report(results: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = results["rows"]
-    fig, (ax_lat, ax_rec) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_lat, ax_rec) = new_figure(2, figsize=(11, 4))
     for kind in [t for t in INDEX_TYPES if any(r["type"] == t for r in rows)]:
         mine = sorted((r for r in rows if r["type"] == kind), key=lambda r: r["n"])
         ns = [r["n"] for r in mine]
@@ -230,9 +218,7 @@ def write_report(results: dict, out: Path) -> None:
     for ax in (ax_lat, ax_rec):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "scaling.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "scaling.png")
 
     lines = ["# Scaling: vector index types from 10k to 1M items", "",
              f"Command: `{results['command']}`  ",
@@ -299,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = {"command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+               "date": now(), "machine": machine(),
                "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "queries": n_queries,
                "exact_queries": min(n_queries, args.exact_queries),
                "sizes": sizes, "types": types, "index_overrides": overrides, "k": K, "target_recall": TARGET_RECALL,
