@@ -129,7 +129,7 @@ def save_results(trainer: Any, processor: Any, out: Path, info: dict[str, Any]) 
 
     Each folder is written beside its target and renamed into place, so a run that fails here
     leaves the previous adapter and merged model intact. Only the main process writes."""
-    from rag.vlm import atomic_save_dir
+    from rag.atomic import atomic_save_dir
 
     if not trainer.accelerator.is_main_process:
         return {}

@@ -148,7 +148,7 @@ def save_pairs(rows: list[dict[str, Any]], summary: PairSummary, traces: list[di
     `out`, replacing the folder only when all are written, so a failed run leaves the previous pairs."""
     import datasets
 
-    from rag.vlm import atomic_save_dir
+    from rag.atomic import atomic_save_dir
 
     if not rows:
         raise ValueError("no preference pairs were produced: every answer was right (or wrong) in every "

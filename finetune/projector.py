@@ -25,7 +25,8 @@ from tqdm import tqdm
 from rag.corpus import read_documents, resolve_image
 from rag.encoders import load_rgb
 from rag.reporting import new_figure, save_figure
-from rag.vlm import IMAGE_TOKEN, MedVLMForConditionalGeneration, MedVLMProcessor, atomic_save_dir
+from rag.atomic import atomic_save_dir
+from rag.vlm import IMAGE_TOKEN, MedVLMForConditionalGeneration, MedVLMProcessor
 
 CAPTION_PROMPT = "Describe this image."
 

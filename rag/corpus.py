@@ -342,11 +342,12 @@ def write_jsonl(path: str | Path, records: Iterable[Document | QAItem | dict[str
     return count
 
 
-def copy_corpus_slice(corpus_dir: str | Path, target: str | Path, name: str, rows: slice) -> Path:
-    """Copy the records `rows` of `corpus_dir/corpus.jsonl`, with their images, to `target/name`
+def copy_corpus_slice(corpus_dir: str | Path, target: str | Path, name: str, rows: slice,
+                      source: str = "corpus.jsonl") -> Path:
+    """Copy the records `rows` of `corpus_dir/source`, with their images, to `target/name`
     (image paths stay relative to the file): a smaller corpus for a trial build or an `index add`."""
     corpus_dir, target = Path(corpus_dir), Path(target)
-    lines = (corpus_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[rows]
+    lines = (corpus_dir / source).read_text(encoding="utf-8").splitlines()[rows]
     for line in lines:
         for rel in json.loads(line)["images"]:
             (target / rel).parent.mkdir(parents=True, exist_ok=True)

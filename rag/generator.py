@@ -132,7 +132,7 @@ def _is_medvlm(path: Path) -> bool:
 
 def default_vlm_dir(progress: bool = True) -> Path:
     """The default VLM saved once as a plain checkpoint, so later loads skip the GGUF and the CNN mapping."""
-    from rag.vlm import atomic_save_dir
+    from rag.atomic import atomic_save_dir
 
     target = cache_dir() / DEFAULT_VLM
     if not (target / "config.json").is_file():

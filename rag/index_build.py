@@ -25,7 +25,7 @@ from rag.corpus import DOMAINS, CorpusError, Document, QAItem, format_problems, 
 from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
                           create_image_encoder, create_text_encoder)
 from rag.fusion import calibrate_fusion
-from rag.index_bundle import IndexBundle, load_bundle, load_manifest, resolve_version, save_bundle
+from rag.index_bundle import IndexBundle, bundle_update, load_bundle, load_manifest, resolve_version, save_bundle
 from rag.lexical import LexicalIndex
 from rag.manifest import Dims, EncoderInfo, HeadsInfo, Manifest, RoutingInfo
 from rag.retriever import Retriever
@@ -279,8 +279,22 @@ def add_documents(bundle_dir: str | Path, corpus: str | Path, on_bad_record: str
     if not docs:
         raise CorpusError(f"{corpus}: no usable documents to add" + (f" ({len(skipped)} bad record(s) skipped)"
                                                                      if skipped else ""))
-    retriever = Retriever.load(bundle_dir)
-    bundle = retriever.bundle
+    with bundle_update(bundle_dir):  # load -> save as one step: a concurrent add cannot be lost
+        retriever = Retriever.load(bundle_dir)
+        bundle = retriever.bundle
+        _check_new_documents(corpus, docs, bundle)
+        emb = embed(docs, retriever.text_encoder, retriever.image_encoder, bundle.build_setting("batch_size"),
+                    progress)
+        numbers = _add_to_bundle(bundle, emb)
+        bundle.record_history("add", corpus=str(Path(corpus).resolve()), documents=len(numbers),
+                              images=len(emb.images))
+        save_bundle(bundle, bundle_dir)
+    return {"added": len(numbers), "images": len(emb.images), "skipped_records": skipped,
+            "documents_total": len(bundle.docs)}
+
+
+def _check_new_documents(corpus: str | Path, docs: list[Document], bundle: IndexBundle) -> None:
+    """Refuse ids the bundle already has and domains it does not route between."""
     existing = {d.id for d in bundle.docs.values()}
     clashes = [d.id for d in docs if d.id in existing]
     if clashes:
@@ -290,34 +304,29 @@ def add_documents(bundle_dir: str | Path, corpus: str | Path, on_bad_record: str
     if unknown:
         raise CorpusError(f"{corpus}: domain(s) {unknown} are not in this index (it routes between {bundle.domains}); "
                           f"rebuild with `medrag index build` to add a domain")
-    emb = embed(docs, retriever.text_encoder, retriever.image_encoder, bundle.build_setting("batch_size"), progress)
-    numbers = _add_to_bundle(bundle, emb)
-    bundle.record_history("add", corpus=str(Path(corpus).resolve()), documents=len(numbers), images=len(emb.images))
-    save_bundle(bundle, bundle_dir)
-    return {"added": len(numbers), "images": len(emb.images), "skipped_records": skipped,
-            "documents_total": len(bundle.docs)}
 
 
 def remove_documents(bundle_dir: str | Path, ids: list[str]) -> dict[str, Any]:
     """Remove documents (and their images) by id; unknown ids are an error, nothing is half-removed."""
-    bundle = load_bundle(bundle_dir)
-    number_of = {d.id: n for n, d in bundle.docs.items()}
-    missing = [i for i in ids if i not in number_of]
-    if missing:
-        raise ValueError(f"not in the index: {', '.join(missing[:10])}; see `medrag index info` for its contents")
-    numbers = {number_of[i] for i in ids}
-    image_ids = [i for i, n in bundle.image_owner.items() if n in numbers]
-    for (domain, channel), index in bundle.vectors.items():
-        doomed = image_ids if channel == "image" else list(numbers)
-        if doomed:
-            index.remove(np.asarray(doomed, dtype=np.int64))
-    for n in numbers:
-        del bundle.docs[n]
-    for i in image_ids:
-        del bundle.image_owner[i]
-    bundle.lexical.remove(sorted(numbers))
-    bundle.record_history("remove", ids=ids)
-    save_bundle(bundle, bundle_dir)
+    with bundle_update(bundle_dir):
+        bundle = load_bundle(bundle_dir)
+        number_of = {d.id: n for n, d in bundle.docs.items()}
+        missing = [i for i in ids if i not in number_of]
+        if missing:
+            raise ValueError(f"not in the index: {', '.join(missing[:10])}; see `medrag index info` for its contents")
+        numbers = {number_of[i] for i in ids}
+        image_ids = [i for i, n in bundle.image_owner.items() if n in numbers]
+        for (domain, channel), index in bundle.vectors.items():
+            doomed = image_ids if channel == "image" else list(numbers)
+            if doomed:
+                index.remove(np.asarray(doomed, dtype=np.int64))
+        for n in numbers:
+            del bundle.docs[n]
+        for i in image_ids:
+            del bundle.image_owner[i]
+        bundle.lexical.remove(sorted(numbers))
+        bundle.record_history("remove", ids=ids)
+        save_bundle(bundle, bundle_dir)
     return {"removed": len(numbers), "images_removed": len(image_ids), "documents_total": len(bundle.docs)}
 
 

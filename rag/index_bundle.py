@@ -51,6 +51,7 @@ CHANNELS = ("text", "image", "joint")
 POINTER = "CURRENT"
 MANIFEST_DIGEST = "manifest.sha256"
 LOCK = ".lock"
+UPDATE_LOCK = ".update.lock"
 
 
 @dataclass
@@ -415,14 +416,25 @@ def _write_pointer(bundle_dir: Path, version_name: str) -> None:
 
 
 @contextmanager
-def _writer_lock(bundle_dir: Path) -> Iterator[None]:
+def _writer_lock(bundle_dir: Path, name: str = LOCK) -> Iterator[None]:
     """Exclusive among writers of one bundle (readers never lock); released by the OS if the holder dies."""
-    with open(bundle_dir / LOCK, "a") as fh:
+    with open(bundle_dir / name, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def bundle_update(bundle_dir: str | Path) -> Iterator[None]:
+    """Hold while reading a bundle, changing it and saving it (`index add`, `index remove`), so that two
+    updates run one after the other: each starts from the version the previous one saved, and neither
+    addition is lost. A lock of its own: `save_bundle` takes the swap lock inside it."""
+    bundle_dir = Path(bundle_dir)
+    resolve_version(bundle_dir)  # a clear error for a missing bundle, before any lock file is created
+    with _writer_lock(bundle_dir, UPDATE_LOCK):
+        yield
 
 
 def _live_version(bundle_dir: Path) -> str | None:

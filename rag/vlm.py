@@ -20,8 +20,6 @@ de-quantised once into a plain `LlamaForCausalLM` checkpoint (a GGUF-loaded mode
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from rag.atomic import atomic_save_dir
 from rag.encoders import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0Encoder, ModelNotAvailableError, package_dir
 
 DEFAULT_VLM = "medvlm-smollm2-135m"
@@ -272,20 +271,6 @@ AutoProcessor.register(MedVLMConfig, MedVLMProcessor, exist_ok=True)
 
 
 # --- building the default from the offline weights --------------------------------------------------
-
-def atomic_save_dir(target: Path, write) -> Path:
-    """Write into a temp folder beside `target`, then rename: a killed conversion leaves no half checkpoint."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
 
 def converted_language_model(progress: bool = True) -> Path:
     """The packaged GGUF SmolLM2, de-quantised once into a cached safetensors checkpoint + tokenizer."""

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.corpus import read_documents, read_qa
+from rag.corpus import copy_corpus_slice, read_documents, read_qa
+from rag.index_build import add_documents
 from rag.index_bundle import BundleError, load_bundle
 from rag.lexical import LexicalIndex
 from rag.retriever import Retriever
@@ -64,6 +65,31 @@ def test_lexical_first_search_from_many_threads() -> None:
         with ThreadPoolExecutor(max_workers=6) as pool:
             results = [f.result() for f in [pool.submit(search) for _ in range(6)]]
         assert results == [expected] * 6
+
+
+@pytest.mark.slow
+def test_concurrent_adds_both_land(small_index: Path, small_corpus: Path, tmp_path: Path) -> None:
+    """Two `index add` runs at once: each loads, changes and saves under the update lock, so the second
+    starts from the first one's version and neither addition is lost."""
+    bundle_dir = tmp_path / "index"
+    shutil.copytree(small_index, bundle_dir, symlinks=True)
+    before = {d.id for d in load_bundle(bundle_dir).docs.values()}
+    added = read_documents(small_corpus / "corpus_added.jsonl", check_images=False)
+    middle = len(added) // 2
+    halves = [copy_corpus_slice(small_corpus, tmp_path / f"half{i}", "added.jsonl", rows,
+                                source="corpus_added.jsonl")
+              for i, rows in enumerate((slice(0, middle), slice(middle, None)))]
+    barrier = threading.Barrier(2)
+
+    def add(corpus: Path) -> dict:
+        barrier.wait()  # both start together: without the lock both would load the same version
+        return add_documents(bundle_dir, corpus, progress=False)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        totals = sorted(r["documents_total"] for r in pool.map(add, halves))
+    after = {d.id for d in load_bundle(bundle_dir).docs.values()}
+    assert after == before | {d.id for d in added}
+    assert totals[1] == len(after) and totals[0] in (len(before) + middle, len(before) + len(added) - middle)
 
 
 @pytest.mark.slow

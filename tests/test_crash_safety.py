@@ -112,3 +112,41 @@ def test_sigkill_during_build_and_add_keeps_a_whole_bundle(corpora: dict[str, Pa
     assert _ids(out) in (added, added - {sorted(added - old)[0]})
     assert not list(out.glob(".tmp-v-*")) and not list(out.glob(f".{POINTER}.tmp-*"))
     assert len(list(out.glob("v-*"))) <= 2
+
+
+_SWAPPER = """
+import sys
+from pathlib import Path
+
+from rag.atomic import atomic_save_dir
+
+target, n = Path(sys.argv[1]), 0
+while True:
+    n += 1
+
+    def write(folder, n=n):
+        for part in range(30):
+            (folder / f"part{part}").write_text(str(n))
+
+    atomic_save_dir(target, write)
+"""
+
+
+def test_a_killed_folder_swap_leaves_the_old_or_the_new_folder(tmp_path: Path) -> None:
+    """Checkpoints, converted models and pairs are swapped in by `atomic_save_dir`: killed at any moment
+    (most kills land inside a swap, since the writer does nothing else), the target is one whole folder."""
+    from rag.atomic import atomic_save_dir
+
+    target = tmp_path / "model"
+    atomic_save_dir(target, lambda folder: [(folder / f"part{p}").write_text("0") for p in range(30)])
+    rng = random.Random(SEED)
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(target)], cwd=REPO)
+        time.sleep(rng.uniform(0.3, 0.8))
+        proc.kill()
+        proc.wait()
+        contents = {p.name: p.read_text() for p in target.iterdir()}
+        assert sorted(contents) == sorted(f"part{p}" for p in range(30)), sorted(contents)
+        assert len(set(contents.values())) == 1, "parts of two versions in one folder"
+    atomic_save_dir(target, lambda folder: (folder / "done").write_text("yes"))
+    assert [p.name for p in target.iterdir()] == ["done"]
