@@ -21,7 +21,8 @@ import yaml
 from tqdm import tqdm
 
 from rag.heads import train_aligner, train_router
-from rag.corpus import DOMAINS, CorpusError, Document, QAItem, format_problems, read_qa, validate_corpus, read_documents
+from rag.corpus import (DOMAINS, CorpusError, Document, QAItem, format_problems, read_documents, read_qa,
+                        ValidationReport, validate_corpus, validate_qa)
 from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
                           create_image_encoder, create_text_encoder)
 from rag.fusion import calibrate_fusion
@@ -100,17 +101,33 @@ def _absolute_images(docs: list[Document], corpus_dir: Path) -> None:
         doc.images = [str((corpus_dir / rel).resolve()) for rel in doc.images]
 
 
-def load_corpus(corpus: str | Path, on_bad_record: str = "stop") -> tuple[list[Document], list[str]]:
-    """Read and validate a corpus; `on_bad_record` is "stop" (raise, listing all) or "skip"."""
+def _stop_on_problems(report: ValidationReport, on_bad_record: str) -> None:
     if on_bad_record not in ("stop", "skip"):
         raise ValueError(f"on_bad_record must be 'stop' or 'skip', got {on_bad_record!r}")
-    corpus = Path(corpus)
-    report = validate_corpus(corpus)
     if report.problems and on_bad_record == "stop":
         raise CorpusError(format_problems(report, limit=50) + "\nfix these lines, or pass --skip-bad to leave them out")
+
+
+def load_corpus(corpus: str | Path, on_bad_record: str = "stop") -> tuple[list[Document], list[str]]:
+    """Read and validate a corpus; `on_bad_record` is "stop" (raise, listing all) or "skip"."""
+    corpus = Path(corpus)
+    report = validate_corpus(corpus)
+    _stop_on_problems(report, on_bad_record)
     docs = read_documents(corpus, skip_invalid=True, report=report)
     _absolute_images(docs, corpus.parent)
     return docs, [str(p) for p in report.problems]
+
+
+def load_questions(qa: str | Path, doc_ids: set[str], on_bad_record: str = "stop") -> tuple[list[QAItem], list[str]]:
+    """The QA file's questions about the documents `doc_ids`, and its problems.
+
+    A malformed line is a problem like a bad corpus record: it stops the build, listed with its line,
+    unless `on_bad_record` is "skip" (then it is left out and listed in the manifest). Questions about
+    other documents (the `added` split's, say) are left out without complaint."""
+    report = validate_qa(qa, check_images=False)
+    _stop_on_problems(report, on_bad_record)
+    questions = [q for q in read_qa(qa, skip_invalid=True) if q.doc_id in doc_ids]
+    return questions, [str(p) for p in report.problems]
 
 
 def embed(docs: list[Document], text_encoder: TextEncoder, image_encoder: ImageEncoder, batch_size: int = 32,
@@ -188,7 +205,8 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
     docs, skipped = load_corpus(corpus, on_bad_record)
     if not docs:
         raise CorpusError(f"{corpus}: no usable documents to index")
-    questions = read_qa(qa, doc_ids={d.id for d in docs}, skip_invalid=True) if qa else []
+    questions, qa_problems = load_questions(qa, {d.id for d in docs}, on_bad_record) if qa else ([], [])
+    skipped = skipped + qa_problems
     text_encoder = text_encoder or create_text_encoder(spec.text_encoder, device)
     image_encoder = image_encoder or create_image_encoder(spec.image_encoder, device)
     # The engine embeds everything that grows with the corpus; the in-process encoders still serve

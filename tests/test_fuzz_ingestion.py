@@ -226,6 +226,31 @@ def test_skip_bad_builds_and_adds_only_the_good_records(small_corpus: Path, smal
     assert sorted(d.id for d in bundle.docs.values()) == sorted(json.loads(line)["id"] for line in lines)
 
 
+def test_qa_file_problems_are_listed_like_corpus_problems(small_corpus: Path, tmp_path: Path) -> None:
+    """A malformed QA line stops the build, named with its line; --skip-bad leaves it out and lists it in
+    the manifest. Questions about documents outside the corpus (the added split's) are no problem."""
+    corpus = copy_corpus_slice(small_corpus, tmp_path / "corpus", "corpus.jsonl", slice(0, 8))
+    ids = {json.loads(line)["id"] for line in corpus.read_text(encoding="utf-8").splitlines()}
+    items = [line for line in (small_corpus / "qa.jsonl").read_text(encoding="utf-8").splitlines()
+             if json.loads(line)["doc_id"] in ids and not json.loads(line).get("image")]
+    added = next(line for line in (small_corpus / "qa.jsonl").read_text(encoding="utf-8").splitlines()
+                 if json.loads(line)["split"] == "added")
+    bad = ['{"id": "q-bad-1", "question": ', json.dumps({"id": "q-bad-2", "question": "Which?", "doc_id": "x"})]
+    qa = tmp_path / "corpus" / "qa.jsonl"
+    qa.write_text("\n".join([*items[:20], bad[0], added, bad[1]]) + "\n", encoding="utf-8")
+    out = tmp_path / "index"
+
+    code, stderr = _run_cli(["index", "build", "--corpus", str(corpus), "--qa", str(qa), "--out", str(out)])
+    assert code == 2 and f"{qa}:21" in stderr and f"{qa}:23" in stderr and "--skip-bad" in stderr, stderr
+    assert f"{qa}:22" not in stderr and not out.exists()
+
+    code, stderr = _run_cli(["index", "build", "--corpus", str(corpus), "--qa", str(qa), "--out", str(out),
+                             "--skip-bad", "--json"])
+    assert code == 0, stderr
+    listed = {s.split(": ")[0].split(" [")[0] for s in read_manifest(out)["skipped_records"]}
+    assert listed == {f"{qa}:21", f"{qa}:23"}
+
+
 def test_real_process_reports_without_traceback(assets: Path, live_index: Path) -> None:
     """The installed entry point, in its own process: exit code and stderr are what a shell sees."""
     lines = [_good_line(0, "ok", True), b'{"id": "d1", "text": "caf\xe9"}',
