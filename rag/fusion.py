@@ -35,10 +35,12 @@ def query_kind(question: str | None, image: object | None) -> str:
     return "image+text" if (question and image is not None) else ("image" if image is not None else "text")
 
 
-def usable_channels(question: str | None, image: object | None) -> list[str]:
-    """The channels a query can search: the text ones need a question, the image ones an image."""
+def usable_channels(question: str | None, image: object | None, joint: bool = True) -> list[str]:
+    """The channels a query can search: the text ones need a question, the image ones an image, and the
+    joint one (image -> text) an image-text space that was learned (`joint`)."""
     return [c for c in CHANNELS
-            if (c in ("text", "bm25") and question) or (c in ("joint", "image") and image is not None)]
+            if (c in ("text", "bm25") and question) or (c == "image" and image is not None)
+            or (c == "joint" and image is not None and joint)]
 
 
 @dataclass
@@ -84,7 +86,7 @@ def calibrate_fusion(retriever, val: list[QAItem], qa_dir: Path | None, depth: i
     by_kind: dict[str, list[tuple[list[str], np.ndarray, int | None]]] = {}
     for item in tqdm(val, desc="calibrating fusion", disable=not progress, unit="q"):
         image = str(qa_dir / item.image) if item.image and qa_dir else None
-        channels = usable_channels(item.question, image)
+        channels = usable_channels(item.question, image, retriever.bundle.joint_searchable)
         _, _, per_channel = retriever.search_channels(item.question, image, channels, depth=depth)
         candidates = sorted({n for ranked in per_channel.values() for n, _ in ranked})
         position = {n: i for i, n in enumerate(candidates)}

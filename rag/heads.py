@@ -169,6 +169,10 @@ def train_aligner(image_x: np.ndarray, image_doc: np.ndarray, doc_text_x: np.nda
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     aligner = Aligner(image_x.shape[1], doc_text_x.shape[1], joint_dim)
+    if not len(image_x):
+        # A text-only corpus has no (image, text) pair to learn from: the aligner stays as initialised and
+        # its log says it saw nothing (n_train 0), so `index info` shows that image->text search is untrained.
+        return aligner, TrainLog()
     img, txt = torch.as_tensor(image_x), torch.as_tensor(doc_text_x)
     pair_doc = torch.as_tensor(image_doc, dtype=torch.long)
     tr, va = _holdout(len(img), 0.15, rng)

@@ -99,6 +99,12 @@ class IndexBundle:
         """Whether the joint channel is the encoders' own image-text space (CLIP) rather than the aligner's."""
         return bool(self.manifest.joint_native)
 
+    @property
+    def joint_searchable(self) -> bool:
+        """Whether image -> text search means anything: a CLIP space, or an aligner that saw image-text
+        pairs (a text-only corpus leaves it untrained, and its joint channel is then not searched)."""
+        return self.joint_native or bool(self.manifest.heads.aligner.get("n_train", 1))
+
     def channel_dim(self, channel: str) -> int:
         """Vector dimension of a channel ("text", "image" or "joint")."""
         dims = self.manifest.dims

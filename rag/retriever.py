@@ -135,7 +135,7 @@ class Retriever:
         unknown = [d for d in domains or [] if d not in self.bundle.domains]
         if unknown:
             raise ValueError(f"unknown domain(s) {unknown}; this index has {self.bundle.domains}")
-        available = usable_channels(question, image)
+        available = usable_channels(question, image, self.bundle.joint_searchable)
         if channels:
             bad = [c for c in channels if c not in CHANNELS]
             if bad:
