@@ -27,7 +27,7 @@ import torch
 
 from rag.encoders import ModelNotAvailableError, resolve_device
 from rag.prompt import Prompt
-from rag.vlm import DEFAULT_VLM, MedVLMConfig, build_default_vlm, cache_dir, load_vlm
+from rag.vlm import DEFAULT_VLM, MedVLMConfig, build_default_vlm, cache_argument, cache_dir, cache_of, load_vlm
 
 
 @dataclass
@@ -114,11 +114,12 @@ class Generator:
                 if ids.shape[1] > 1:
                     mask = torch.ones(1, inputs["input_ids"].shape[1] + ids.shape[1], dtype=torch.long,
                                       device=self.device)
+                    # each option continues from its own copy of the prompt's KV cache
+                    continued = {cache_argument(self.model): copy.deepcopy(cache_of(prefill))}
                     if positions is not None:  # the option's tokens follow the prompt's last position, as in generate
                         step = torch.arange(1, ids.shape[1] + 1, device=self.device)
-                        extra = {"position_ids": positions[..., -1:] + step.view(*[1] * (positions.dim() - 1), -1)}
-                    out = self.model(input_ids=ids, attention_mask=mask, **extra,
-                                     past_key_values=copy.deepcopy(prefill.past_key_values), use_cache=True)
+                        continued["position_ids"] = positions[..., -1:] + step.view(*[1] * (positions.dim() - 1), -1)
+                    out = self.model(input_ids=ids, attention_mask=mask, **continued, use_cache=True)
                     logp = torch.log_softmax(out.logits[0, :-1].float(), -1)
                     total += logp.gather(1, ids[0, 1:, None]).sum().item()
                 scores.append(total / ids.shape[1])

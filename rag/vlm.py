@@ -19,6 +19,7 @@ de-quantised once into a plain `LlamaForCausalLM` checkpoint (a GGUF-loaded mode
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,25 @@ class MedVLMModel(MedVLMPreTrainedModel):
                                  f"give {features.shape[0] * features.shape[1]} visual tokens; build inputs with "
                                  "MedVLMProcessor, which expands each <image> to the right count")
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
+        if past_key_values is not None:
+            kwargs[cache_argument(self.language_model)] = past_key_values
         return self.language_model(attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs)
+                                   inputs_embeds=inputs_embeds, **kwargs)
+
+
+# transformers 5.2x renamed the KV cache from `past_key_values` to `cache` (arguments and outputs) and
+# warns on the old name; these use whichever name the installed release and the model take.
+_OUTPUT_CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The keyword `model.forward` takes its KV cache by."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(outputs: Any) -> Any:
+    """The KV cache a forward returned, under either name."""
+    return outputs.get(_OUTPUT_CACHE)
 
 
 class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
@@ -194,6 +212,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         outputs = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
                              position_ids=position_ids, past_key_values=past_key_values,
                              inputs_embeds=inputs_embeds, **kwargs)
+        cache = cache_of(outputs)
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:, :]
@@ -202,8 +221,8 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
                                       **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      attentions=outputs.attentions, **{_OUTPUT_CACHE: cache})
 
 
 # --- processor --------------------------------------------------------------------------------------
