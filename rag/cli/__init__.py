@@ -14,6 +14,7 @@ imported inside the handlers, so `medrag --help` is instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rag.cli import corpus, demo, finetune, index, query
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     """`medrag` and every subcommand, each with its handler as `func`."""
     parser = argparse.ArgumentParser(prog="medrag", description="Evidence-grounded medical VLM: corpora, indexes, "
                                      "retrieval, answering and preference tuning.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the model libraries' per-load progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
     for register in REGISTER:
         register(commands)
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run `medrag ARGV` (default: the process's arguments) and return its exit code: 2 for bad input,
     130 when interrupted; argparse exits 2 itself on bad flags."""
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        # Read by huggingface_hub and transformers when they are first imported (inside the handlers):
+        # their per-file "Loading weights" bars say nothing a person needs; our own progress bars stay.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.func(args)
     except KeyboardInterrupt:
