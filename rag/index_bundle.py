@@ -103,7 +103,8 @@ class IndexBundle:
     def joint_searchable(self) -> bool:
         """Whether image -> text search means anything: a CLIP space, or an aligner that saw image-text
         pairs (a text-only corpus leaves it untrained, and its joint channel is then not searched)."""
-        return self.joint_native or bool(self.manifest.heads.aligner.get("n_train", 1))
+        heads = self.manifest.heads  # absent in hand-made manifests: then nothing says it is untrained
+        return self.joint_native or heads is None or bool(heads.aligner.get("n_train", 1))
 
     def channel_dim(self, channel: str) -> int:
         """Vector dimension of a channel ("text", "image" or "joint")."""
