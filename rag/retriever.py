@@ -71,7 +71,6 @@ class Retriever:
         self.bundle = bundle
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
-        self.joint_native = bundle.joint_native
 
     @classmethod
     def load(cls, bundle_dir: str | Path, text_encoder: TextEncoder | str | None = None,
@@ -187,8 +186,8 @@ class Retriever:
 
         if channel == "text":
             query = text_features
-        elif channel == "joint":
-            query = image_features if self.joint_native else self.bundle.aligner.project_images(image_features[None])[0]
+        elif channel == "joint" and not self.bundle.joint_native:
+            query = self.bundle.aligner.project_images(image_features[None])[0]
         else:
             query = image_features
         scored: dict[int, float] = {}
