@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast default-weights clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,21 @@ test: setup
 # The quick tier while editing: everything not marked slow. CI runs `make test` (all tiers).
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Reproduces rag/weights/medvlm-smollm2-135m (the projector and Stage A adapter the default VLM ships
+# with): sample corpus and index, projector alignment, Stage A (100 steps, then resumed to 200: how
+# the shipped run was made) with the scoring rule chosen on val, export with its model card.
+ALIGN   := finetune align --out data/models/medvlm-aligned --max-steps 40
+STAGE_A := finetune rag-sft --base data/models/medvlm-aligned --out data/models/medvlm-reader --lora-rank 8 \
+           --lora-alpha 16 --lr 5e-4 --batch-size 4 --save-steps 50 --val-questions 60
+default-weights: setup
+	$(BIN)/medrag demo --questions 0
+	$(BIN)/medrag $(ALIGN)
+	$(BIN)/medrag $(STAGE_A) --max-steps 100
+	$(BIN)/medrag $(STAGE_A) --max-steps 200 --resume
+	$(BIN)/medrag finetune export --run data/models/medvlm-reader --command "make setup" \
+	  --command "medrag demo --questions 0" --command "medrag $(ALIGN)" \
+	  --command "medrag $(STAGE_A) --max-steps 100" --command "medrag $(STAGE_A) --max-steps 200 --resume"
 
 clean:
 	rm -rf $(VENV) data/sample

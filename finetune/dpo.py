@@ -100,5 +100,5 @@ def train_dpo(base: str | Path, pairs: str | Path, out: str | Path, settings: Tu
         trainer.train(resume_from_checkpoint=resume_point(out, resume))
     info = run_info("RAG-PT (DPO, LoRA)", str(base), str(pairs), len(dataset), settings, started)
     info["pair_types"] = dict(sorted(Counter(dataset["pair_type"]).items()))
-    return {**save_results(trainer, processor, out, info), "info": info}
+    return save_results(trainer, processor, out, info)
 

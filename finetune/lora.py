@@ -14,11 +14,13 @@ import dataclasses
 import json
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainingArguments
 
 from rag.reporting import new_figure, now, save_figure
 
@@ -96,6 +98,14 @@ def check_targets(model: torch.nn.Module, settings: TuneSettings) -> list[str]:
     return matched
 
 
+# transformers 5.2x renamed gradient checkpointing to activation checkpointing and warns on the old name.
+_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                  else "gradient_checkpointing")
+# TRL asks the model for `is_gradient_checkpointing`, which transformers 5.2x deprecates: the call is
+# TRL's, so the warning says nothing our users can act on.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def training_arguments(settings: TuneSettings, out: Path) -> dict[str, Any]:
     """Keyword arguments shared by TRL's DPOConfig and SFTConfig."""
     cuda = torch.cuda.is_available()
@@ -106,8 +116,8 @@ def training_arguments(settings: TuneSettings, out: Path) -> dict[str, Any]:
                 save_total_limit=2, warmup_steps=settings.warmup_ratio,  # below 1: a fraction of all steps
                 seed=settings.seed,
                 bf16=cuda and torch.cuda.is_bf16_supported(), report_to="none",
-                gradient_checkpointing=settings.gradient_checkpointing, max_length=settings.max_length,
-                dataloader_num_workers=0, disable_tqdm=False)
+                max_length=settings.max_length, dataloader_num_workers=0, dataloader_pin_memory=cuda,
+                disable_tqdm=False, **{_CHECKPOINTING: settings.gradient_checkpointing})
 
 
 def resume_point(out: Path, resume: bool | str) -> str | bool | None:
@@ -124,15 +134,16 @@ def resume_point(out: Path, resume: bool | str) -> str | bool | None:
     return str(checkpoints[-1])
 
 
-def save_results(trainer: Any, processor: Any, out: Path, info: dict[str, Any]) -> dict[str, Path]:
-    """Save `out/adapter` (LoRA only), `out/merged` (a full model any generator loads) and the training log.
+def save_results(trainer: Any, processor: Any, out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Save `out/adapter` (LoRA only), `out/merged` (a full model any generator loads) and the training log;
+    return their paths, the loss plot's, and `info` completed with the step count and loss history.
 
     Each folder is written beside its target and renamed into place, so a run that fails here
     leaves the previous adapter and merged model intact. Only the main process writes."""
     from rag.atomic import atomic_save_dir
 
     if not trainer.accelerator.is_main_process:
-        return {}
+        return {"info": info}
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
     history = [h for h in trainer.state.log_history if "loss" in h]
     info = {**info, "steps": trainer.state.global_step, "history": history}
@@ -154,7 +165,7 @@ def save_results(trainer: Any, processor: Any, out: Path, info: dict[str, Any]) 
     merged = atomic_save_dir(out / "merged", write_merged)
     plot = out / "train_loss.png"
     plot_history(history, plot, info.get("title", "training"))
-    return {"adapter": adapter, "merged": merged, "plot": plot}
+    return {"adapter": adapter, "merged": merged, "plot": plot, "info": info}
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:

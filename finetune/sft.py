@@ -57,34 +57,47 @@ def _example(question: str, answer: str) -> dict[str, Any]:
             "images": []}
 
 
-def knowledge_dataset(docs: list[Document], train_items: list[QAItem], qa_dir: Path) -> Any:
+def prompt_completion_dataset(rows: list[dict[str, Any]]) -> Any:
+    """TRL conversational prompt-completion rows (string contents, images apart) as a shuffled dataset."""
     import datasets
 
-    rows = [e for d in docs for e in fact_examples(d)] + format_examples(train_items, qa_dir)
-    if not rows:
-        raise ValueError("no SFT examples: the corpus has no documents and the QA file no train questions")
     message = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
     features = datasets.Features({"prompt": message, "completion": message,
                                   "images": datasets.Sequence(datasets.Image())})
     return datasets.Dataset.from_list(rows, features=features).shuffle(seed=0)
 
 
-def train_sft(base: str | Path, docs: list[Document], train_items: list[QAItem], qa_dir: Path, out: str | Path,
-              settings: TuneSettings, resume: bool | str = False, device: str | None = None) -> dict[str, Any]:
-    """LoRA SFT of the VLM saved at `base` on the documents' facts; writes `out/adapter` and `out/merged`."""
+def knowledge_dataset(docs: list[Document], train_items: list[QAItem], qa_dir: Path) -> Any:
+    rows = [e for d in docs for e in fact_examples(d)] + format_examples(train_items, qa_dir)
+    if not rows:
+        raise ValueError("no SFT examples: the corpus has no documents and the QA file no train questions")
+    return prompt_completion_dataset(rows)
+
+
+def run_sft(base: str | Path, dataset: Any, out: str | Path, settings: TuneSettings, title: str, data: str,
+            resume: bool | str = False, device: str | None = None,
+            details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """LoRA SFT of the VLM saved at `base` on prompt-completion `dataset` (loss on the completion only);
+    writes `out/adapter` and `out/merged`, with `details` about the data in the training log."""
     from trl import SFTConfig, SFTTrainer
 
     from rag.vlm import load_vlm
 
     started = time.perf_counter()
     out = Path(out)
-    dataset = knowledge_dataset(docs, train_items, qa_dir)
     model, processor = load_vlm(base, device)
     check_targets(model, settings)
     args = SFTConfig(**training_arguments(settings, out), completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          peft_config=lora_config(settings))
     trainer.train(resume_from_checkpoint=resume_point(out, resume))
-    info = run_info("knowledge SFT (LoRA, no retrieval)", str(base), f"{len(docs)} documents + "
-                    f"{len(train_items)} train questions", len(dataset), settings, started)
-    return {**save_results(trainer, processor, out, info), "info": info}
+    info = {**run_info(title, str(base), data, len(dataset), settings, started), **(details or {})}
+    return save_results(trainer, processor, out, info)
+
+
+def train_sft(base: str | Path, docs: list[Document], train_items: list[QAItem], qa_dir: Path, out: str | Path,
+              settings: TuneSettings, resume: bool | str = False, device: str | None = None) -> dict[str, Any]:
+    """Knowledge SFT: LoRA on the documents' facts (no retrieval); writes `out/adapter` and `out/merged`."""
+    dataset = knowledge_dataset(docs, train_items, qa_dir)
+    return run_sft(base, dataset, out, settings, "knowledge SFT (LoRA, no retrieval)",
+                   f"{len(docs)} documents + {len(train_items)} train questions", resume, device)

@@ -7,7 +7,6 @@ root, where the commands run. Importing this module costs nothing: `medrag --hel
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 SAMPLE_DIR = Path("data/sample")                    # `medrag corpus sample` writes here
@@ -15,20 +14,25 @@ SAMPLE_CORPUS = SAMPLE_DIR / "corpus.jsonl"
 SAMPLE_QA = SAMPLE_DIR / "qa.jsonl"
 SAMPLE_SPEC = Path("indexes/sample.yaml")           # the default index's specification
 SAMPLE_INDEX = Path("indexes/sample")               # ... and where it is built
-ALIGNED_VLM = Path("data/models/medvlm-sample")     # the VLM whose projector `medrag demo` aligned
+ALIGNED_VLM = Path("data/models/medvlm-aligned")    # the VLM whose projector `finetune align` trained
+READER_DIR = Path("data/models/medvlm-reader")      # Stage A: the VLM taught to answer from evidence
 PAIRS_DIR = Path("data/finetune/pairs")             # RAG-PT preference pairs
 RAGPT_DIR = Path("data/models/medvlm-ragpt")        # the DPO-tuned VLM (RAG-PT)
 SFT_DIR = Path("data/models/medvlm-sft")            # the knowledge-SFT baseline
 
 
 def resolve_generator_name(name: str | None) -> str:
-    """`name` if given; else the projector trained by `medrag demo` if it exists, else the untrained default."""
+    """`name` if given, else the default VLM (with the trained projector and adapter it ships with)."""
     from rag.vlm import DEFAULT_VLM  # imported here: rag.vlm loads torch
 
+    return name or DEFAULT_VLM
+
+
+def aligned_base(name: str | None) -> str:
+    """The model Stage A and the knowledge-SFT baseline start from: `name`, else the projector-aligned VLM."""
     if name:
         return name
-    if (ALIGNED_VLM / "config.json").is_file():
-        return str(ALIGNED_VLM)
-    print(f"note: {ALIGNED_VLM} not found, using {DEFAULT_VLM} with an untrained projector; "
-          "run `medrag finetune align` (or `medrag demo`) to train it", file=sys.stderr)
-    return DEFAULT_VLM
+    if not (ALIGNED_VLM / "config.json").is_file():
+        raise FileNotFoundError(f"{ALIGNED_VLM} not found: train the projector first with `medrag finetune align` "
+                                "(or pass --base)")
+    return str(ALIGNED_VLM)

@@ -3,8 +3,7 @@
     1. the sample corpus (generated, or the cached one)    2. validated
     3. the default index (built, or the cached one)         5. test questions answered with citations
 
-Step 4, aligning the VLM's projector when no aligned model is cached, is training: it lives with the
-command (`rag.cli.demo`), which hands the loaded generator to `answer_test_questions`.
+Step 4 loads the VLM (`rag.cli.demo`), which hands the generator to `answer_test_questions`.
 """
 
 from __future__ import annotations

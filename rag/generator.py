@@ -8,15 +8,17 @@ Backends, named by one string (`create_generator`):
 * any Hugging Face image-text-to-text model by id or local path: Qwen2-VL / Qwen2.5-VL,
   SmolVLM / Idefics3, LLaVA. Remote code is never run.
 
-Two ways to answer: `generate` (free text) and `score_options` (the mean log-probability of each
-option's tokens after the prompt; the accurate way to answer closed questions with a small model).
+Two ways to answer: `generate` (free text) and `score_options` (each option's log-probability as the
+answer's continuation, under the scoring rule of `rag.scoring` chosen for the model; the accurate way
+to answer closed questions with a small model).
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import inspect
 import json
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +29,11 @@ import torch
 
 from rag.encoders import ModelNotAvailableError, resolve_device
 from rag.prompt import Prompt
+from rag.scoring import DEFAULT_RULE, RULE_FILE, OptionLogProb, combine, read_rule
 from rag.vlm import DEFAULT_VLM, MedVLMConfig, build_default_vlm, cache_argument, cache_dir, cache_of, load_vlm
+
+
+RECENT_PROMPTS = 256   # option log-probabilities remembered per generator (a few KB)
 
 
 @dataclass
@@ -40,7 +46,7 @@ class Generation:
 class Generator:
     """A transformers image-text-to-text model with its processor. Thread-safe: one call at a time."""
 
-    def __init__(self, model: Any, processor: Any, name: str):
+    def __init__(self, model: Any, processor: Any, name: str, scoring_rule: str = DEFAULT_RULE):
         self.model = model.eval()
         self.processor = processor
         self.name = name
@@ -48,6 +54,9 @@ class Generator:
         self.device = next(model.parameters()).device
         # torch modules and KV caches are not safe to share across threads mid-forward
         self._lock = threading.Lock()
+        self.scoring_rule = scoring_rule
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._recent: dict[tuple[Any, ...], list[OptionLogProb]] = {}
 
     # --- inputs -------------------------------------------------------------------------------------
 
@@ -92,59 +101,115 @@ class Generator:
         return Generation(text=text, new_tokens=int(new.numel()), seconds=time.perf_counter() - start)
 
     @torch.inference_mode()
-    def score_options(self, prompt: Prompt, options: list[str]) -> list[float]:
-        """Mean log-probability per token of each option as the answer's continuation.
+    def option_logprobs(self, prompt: Prompt, options: list[str]) -> list[OptionLogProb]:
+        """The summed log-probability of each option's tokens as the answer's continuation.
 
-        The prompt is run once; each option continues from a copy of its KV cache, so k options cost
-        one long forward plus k short ones."""
+        The prompt is run once; its KV cache is then repeated once per option and all options are
+        continued in one batch (right-padded, so padding never precedes a real token), so k options
+        cost one long forward plus one short batched one. Recent results are remembered: calibrated
+        rules score the same baseline prompt for many questions (the content-free prompt depends on
+        the options only), and an evaluation asks the evidence-free prompt both as a system and as
+        the PMI baseline of the others."""
         if not options:
-            raise ValueError("score_options needs at least one option")
+            raise ValueError("scoring needs at least one option")
+        key = (self.prompt_text(prompt), tuple(options),
+               tuple(hashlib.sha1(image.tobytes()).hexdigest() + str(image.size) for image in prompt.images))
+        with self._lock:
+            if key in self._recent:
+                return self._recent[key]
+        scored = self._option_logprobs(prompt, options)
+        with self._lock:
+            self._recent[key] = scored
+            if len(self._recent) > RECENT_PROMPTS:
+                self._recent.pop(next(iter(self._recent)))
+        return scored
+
+    def _option_logprobs(self, prompt: Prompt, options: list[str]) -> list[OptionLogProb]:
+        ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+        for option, tokens in zip(options, ids):
+            if not tokens:
+                raise ValueError(f"option {option!r} is empty after tokenisation")
         inputs = self.encode(prompt)
         with self._lock:
             positions = self._prompt_positions(inputs)
             extra = {} if positions is None else {"position_ids": positions}
+            if self._keeps_logits:  # only the last position's logits are read from the prefill
+                extra["logits_to_keep"] = 1
             prefill = self.model(**inputs, **extra, use_cache=True)
             first = torch.log_softmax(prefill.logits[0, -1].float(), -1)
-            scores = []
-            for option in options:
-                ids = self.tokenizer(option, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
-                if ids.numel() == 0:
-                    raise ValueError(f"option {option!r} is empty after tokenisation")
-                total = first[ids[0, 0]].item()
-                if ids.shape[1] > 1:
-                    mask = torch.ones(1, inputs["input_ids"].shape[1] + ids.shape[1], dtype=torch.long,
-                                      device=self.device)
-                    # each option continues from its own copy of the prompt's KV cache
-                    continued = {cache_argument(self.model): copy.deepcopy(cache_of(prefill))}
-                    if positions is not None:  # the option's tokens follow the prompt's last position, as in generate
-                        step = torch.arange(1, ids.shape[1] + 1, device=self.device)
-                        continued["position_ids"] = positions[..., -1:] + step.view(*[1] * (positions.dim() - 1), -1)
-                    out = self.model(input_ids=ids, attention_mask=mask, **continued, use_cache=True)
-                    logp = torch.log_softmax(out.logits[0, :-1].float(), -1)
-                    total += logp.gather(1, ids[0, 1:, None]).sum().item()
-                scores.append(total / ids.shape[1])
-        return scores
+            totals = [first[tokens[0]].item() for tokens in ids]
+            longest = max(len(tokens) for tokens in ids)
+            if longest > 1:
+                self._continue_options(inputs, positions, cache_of(prefill), ids, longest, totals)
+        return [OptionLogProb(total, len(tokens)) for total, tokens in zip(totals, ids)]
 
+    def _continue_options(self, inputs: dict[str, torch.Tensor], positions: torch.Tensor | None, cache: Any,
+                          ids: list[list[int]], longest: int, totals: list[float]) -> None:
+        """Add to `totals` the log-probabilities of every option token after the first, in one batch."""
+        k, width = len(ids), longest - 1
+        feed = torch.full((k, width), self.tokenizer.pad_token_id or 0, dtype=torch.long, device=self.device)
+        mask = torch.zeros(k, inputs["input_ids"].shape[1] + width, dtype=torch.long, device=self.device)
+        mask[:, :inputs["input_ids"].shape[1]] = inputs["attention_mask"][0]
+        for row, tokens in enumerate(ids):  # token j predicts token j + 1, so the last one is not fed
+            feed[row, :len(tokens) - 1] = torch.tensor(tokens[:-1], device=self.device)
+            mask[row, inputs["input_ids"].shape[1]:inputs["input_ids"].shape[1] + len(tokens) - 1] = 1
+        cache.batch_repeat_interleave(k)
+        continued: dict[str, Any] = {cache_argument(self.model): cache}
+        if positions is not None:  # the options follow the prompt's last position, as in generate
+            step = torch.arange(1, width + 1, device=self.device)
+            last = positions[..., -1:] + step.view(*[1] * (positions.dim() - 1), -1)
+            continued["position_ids"] = last.expand(*positions.shape[:-2], k, width)
+        out = self.model(input_ids=feed, attention_mask=mask, **continued, use_cache=True)
+        logp = torch.log_softmax(out.logits.float(), -1)
+        for row, tokens in enumerate(ids):
+            if len(tokens) > 1:
+                target = torch.tensor(tokens[1:], device=self.device)
+                totals[row] += logp[row, :len(tokens) - 1].gather(1, target[:, None]).sum().item()
+
+    def score_options(self, prompt: Prompt, options: list[str], rule: str | None = None,
+                      baseline: Prompt | None = None) -> list[float]:
+        """One score per option under a scoring rule (`rag.scoring`; default: this model's chosen rule).
+
+        Rules that calibrate ("calibrated", "pmi") subtract each option's log-probability under
+        `baseline`, the content-free or evidence-free prompt that `rag.scoring.baseline_prompt` builds."""
+        rule = rule or self.scoring_rule
+        main = self.option_logprobs(prompt, options)
+        reference = self.option_logprobs(baseline, options) if baseline is not None else None
+        return combine(rule, main, reference)
 
 def _is_medvlm(path: Path) -> bool:
     config = path / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("model_type") == MedVLMConfig.model_type
 
 
-def default_vlm_dir(progress: bool = True) -> Path:
-    """The default VLM saved once as a plain checkpoint, so later loads skip the GGUF and the CNN mapping."""
+def default_vlm_dir(progress: bool = True, shipped: bool = True) -> Path:
+    """The default VLM saved once as a plain checkpoint, with the shipped projector and adapter
+    (`rag.shipped`) merged in, so later loads skip the GGUF, the CNN mapping and the merge. The
+    folder is named by the shipped weights' digest: new weights build a new checkpoint.
+    `shipped=False` gives the untrained assembly, where reproducing the shipped weights starts."""
     from rag.atomic import atomic_save_dir
+    from rag.shipped import SHIPPED_DIR, apply_shipped, shipped_digest
 
-    target = cache_dir() / DEFAULT_VLM
+    digest = shipped_digest() if shipped else None
+    target = cache_dir() / (f"{DEFAULT_VLM}-{digest}" if digest else DEFAULT_VLM)
     if not (target / "config.json").is_file():
         model, processor = build_default_vlm(progress)
+        if digest:
+            model = apply_shipped(model)
 
         def write(tmp: Path) -> None:
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
+            if (SHIPPED_DIR / RULE_FILE).is_file():
+                shutil.copy2(SHIPPED_DIR / RULE_FILE, tmp / RULE_FILE)
 
         atomic_save_dir(target, write)
     return target
+
+
+def model_folder(name: str) -> Path:
+    """The folder of a MedVLM named like a generator: the default's cached checkpoint, or the path itself."""
+    return default_vlm_dir() if name == DEFAULT_VLM else Path(name)
 
 
 def create_generator(name: str = DEFAULT_VLM, device: str | None = None, dtype: torch.dtype | None = None,
@@ -152,15 +217,16 @@ def create_generator(name: str = DEFAULT_VLM, device: str | None = None, dtype: 
     """Resolve a generator by name: the default VLM, a saved MedVLM folder, or a transformers model id/path."""
     device = resolve_device(device)
     if name == DEFAULT_VLM:
-        model, processor = load_vlm(default_vlm_dir(progress), device)
-        return Generator(model, processor, name)
+        folder = default_vlm_dir(progress)
+        model, processor = load_vlm(folder, device)
+        return Generator(model, processor, name, read_rule(folder))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelNotAvailableError(f"{path} has no config.json; pass a saved model folder or a model id")
         if _is_medvlm(path):
             model, processor = load_vlm(path, device)
-            return Generator(model, processor, str(path))
+            return Generator(model, processor, str(path), read_rule(path))
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
@@ -171,4 +237,4 @@ def create_generator(name: str = DEFAULT_VLM, device: str | None = None, dtype: 
             f"cannot load generator {name!r}: {err}. Use '{DEFAULT_VLM}' (offline), a local folder, or a Hugging "
             "Face image-text-to-text model id that is in your cache (unset HF_HUB_OFFLINE to download it)") from err
     model.requires_grad_(False)
-    return Generator(model, processor, str(name))
+    return Generator(model, processor, str(name), read_rule(path) if path.is_dir() else DEFAULT_RULE)

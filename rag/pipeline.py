@@ -28,6 +28,7 @@ from rag.generator import Generator, create_generator
 from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, match_option, parse_citations, snippet,
                         supporting_evidence)
 from rag.retriever import Retriever
+from rag.scoring import baseline_prompt
 from rag.selection import select_hits
 from rag.vlm import DEFAULT_VLM
 
@@ -163,7 +164,7 @@ class MedRAG:
             reason = selection.reason
         else:
             kept, reason = result.hits[:k], f"fixed k={k} requested"
-        evidence = [self._evidence(i + 1, hit, question, options) for i, hit in enumerate(kept)]
+        evidence = [self.evidence_item(i + 1, hit, question, options) for i, hit in enumerate(kept)]
         return Context(kept, evidence, result.routing.domain, result.routing.confidence, reason, timings)
 
     def respond(self, question: str, picture: Image.Image | None, options: list[str] | None, context: Context,
@@ -176,12 +177,14 @@ class MedRAG:
         mode = ("options" if options else "generate") if mode == "auto" else mode
         timings = dict(context.timings)
         evidence = context.evidence
-        prompt = build_prompt(question, [EvidenceText(e.number, e.title, e.snippet) for e in evidence], picture,
-                              options)
+        items = [EvidenceText(e.number, e.title, e.snippet) for e in evidence]
+        prompt = build_prompt(question, items, picture, options)
         t = time.perf_counter()
         chosen, scores = None, None
         if mode == "options":
-            scores = generator.score_options(prompt, options)
+            rule = generator.scoring_rule
+            scores = generator.score_options(prompt, options, rule,
+                                             baseline_prompt(rule, question, items, picture, options))
             chosen = max(range(len(options)), key=lambda i: scores[i])
             text = options[chosen]
         else:
@@ -196,7 +199,7 @@ class MedRAG:
                       scores, context.reason, timings)
 
     @staticmethod
-    def _evidence(number: int, hit: Hit, question: str, options: list[str] | None) -> Evidence:
+    def evidence_item(number: int, hit: Hit, question: str, options: list[str] | None) -> Evidence:
         query = question + " " + " ".join(options or [])
         image = str(hit.doc.images[0]) if hit.doc.images else None
         return Evidence(number, hit.doc.id, hit.doc.title, hit.doc.domain, hit.score, image,

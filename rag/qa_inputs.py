@@ -41,6 +41,25 @@ def closed_questions(path: str | Path, splits: list[str], n: int = 0, seed: int 
     return stratified_sample(items, n, seed)
 
 
+# Question templates (domain -> topics) that no training stage sees: accuracy on them, reported apart,
+# tells reading the evidence from learning the sample's phrasings. A QA file without topics holds none out.
+HELD_OUT_TOPICS = {"radiology": ("lobe", "laterality"), "ophthalmology": ("visual_acuity",),
+                   "pathology": ("specimen", "margin"), "tcm_herb": ("cautions", "actions"),
+                   "tcm_tongue": ("pulse", "cracks")}
+
+
+def is_held_out(item: QAItem) -> bool:
+    return item.metadata.get("topic") in HELD_OUT_TOPICS.get(item.domain, ())
+
+
+def question_kind(item: QAItem) -> str:
+    """"yes_no" or "multiple_choice": the QA file's own label, else read from the options."""
+    kind = item.metadata.get("kind")
+    if kind in ("yes_no", "multiple_choice"):
+        return kind
+    return "yes_no" if sorted(o.strip().lower() for o in item.options or []) == ["no", "yes"] else "multiple_choice"
+
+
 def qa_picture(item: QAItem, qa_dir: Path) -> Image.Image | None:
     """The question's image, loaded once (QA image paths are relative to the QA file's folder)."""
     if not item.image:

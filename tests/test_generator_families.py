@@ -281,7 +281,9 @@ def test_score_options_matches_full_forward(generator: Generator):
     assert max(lengths) >= 3 and min(lengths) == 1, lengths
     # image, then text, then image again: state a model keeps between calls (Qwen's M-RoPE deltas)
     # must not leak from one prompt into the next
-    for prompt in (image_prompt(), text_prompt(), image_prompt()):
+    # (another image in the third prompt: the generator remembers recent prompts and would not rerun the first)
+    third = build_prompt("What does the chest radiograph show?", EVIDENCE, image(seed=1), OPTIONS)
+    for prompt in (image_prompt(), text_prompt(), third):
         scores = generator.score_options(prompt, OPTIONS)
         assert len(scores) == len(OPTIONS)
         assert all(isinstance(s, float) and math.isfinite(s) and s < 0 for s in scores)

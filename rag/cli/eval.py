@@ -1,4 +1,5 @@
-"""`medrag eval retrieval|qa`: retrieval metrics against baselines, and the factuality experiment."""
+"""`medrag eval retrieval|scoring|qa`: retrieval metrics against baselines, the choice of a model's
+scoring rule, and the factuality experiment."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rag.defaults import ALIGNED_VLM, SAMPLE_INDEX, SAMPLE_QA, resolve_generator
 
 def register(commands: argparse._SubParsersAction) -> None:
     evals = commands.add_parser("eval", help="measure retrieval and answering").add_subparsers(dest="what", required=True)
-    for add in (_add_retrieval, _add_qa):
+    for add in (_add_retrieval, _add_scoring, _add_qa):
         add(evals)
 
 
@@ -53,22 +54,56 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- eval scoring --------------------------------------------------------------------------------
+
+def _add_scoring(evals: argparse._SubParsersAction) -> None:
+    p = evals.add_parser("scoring", help="compare the option-scoring rules (sum, mean, calibrated, pmi) on val "
+                         "questions, with retrieved and with gold evidence; --save keeps the best with the model")
+    p.add_argument("--index", default=str(SAMPLE_INDEX))
+    p.add_argument("--qa", default=str(SAMPLE_QA), help="QA JSONL (image paths relative to it)")
+    p.add_argument("--generator", help="VLM to score with (default: the default VLM)")
+    p.add_argument("--questions", type=int, default=120, help="val questions, stratified by domain (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", action="store_true", help="write the chosen rule to GENERATOR/scoring.json")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_scoring)
+
+
+def cmd_eval_scoring(args: argparse.Namespace) -> int:
+    from rag.eval_scoring import choose_rule, format_rule_table
+    from rag.pipeline import MedRAG
+
+    generator = resolve_generator_name(args.generator)
+    if args.save and not Path(generator).is_dir():
+        raise ValueError(f"--save writes into the model's folder; {generator!r} is not a folder")
+    rag = MedRAG.load(args.index, generator=generator)
+    report = choose_rule(rag, generator, args.qa, args.questions, args.seed, save=args.save, progress=not args.json)
+    if args.json:
+        print_json(report)
+    else:
+        print(format_rule_table(report))
+        print(f"chosen: {report['chosen']}" + (f" (saved to {generator}/scoring.json)" if args.save else ""))
+    return 0
+
+
 # --- eval qa --------------------------------------------------------------------------------------
 
 def _add_qa(evals: argparse._SubParsersAction) -> None:
-    p = evals.add_parser("qa", help="the factuality experiment: majority, no retrieval, fixed k, adaptive, RAG-PT, "
-                         "SFT, SFT + retrieval on the test and added splits; JSON, Markdown and a plot")
+    p = evals.add_parser("qa", help="the factuality experiment: base, Stage A, Stage A + B and knowledge SFT, each "
+                         "without evidence, with retrieved and with gold evidence, on the test and added splits; "
+                         "JSON, Markdown and a plot")
     p.add_argument("--index", default=str(SAMPLE_INDEX), help="index for the test split")
     p.add_argument("--added-index", help="index that also holds the documents added after training")
     p.add_argument("--qa", default=str(SAMPLE_QA))
-    p.add_argument("--base", help=f"base VLM (default: {ALIGNED_VLM} if present)")
-    p.add_argument("--rag-pt", help="merged RAG-PT model (e.g. data/models/medvlm-ragpt/merged)")
-    p.add_argument("--sft", help="merged knowledge-SFT model (e.g. data/models/medvlm-sft/merged)")
+    p.add_argument("--base", default=str(ALIGNED_VLM), help="the untuned (projector-aligned) VLM (default: %(default)s)")
+    p.add_argument("--reader", help="Stage A model (e.g. data/models/medvlm-reader/merged)")
+    p.add_argument("--rag-pt", help="Stage A + B model (e.g. data/models/medvlm-ragpt/merged)")
+    p.add_argument("--sft", help="knowledge-SFT model (e.g. data/models/medvlm-sft/merged)")
     p.add_argument("--splits", default="test,added", help="comma-separated: test, added (default: %(default)s)")
     p.add_argument("--questions", type=int, default=0, help="questions per split, stratified by domain (0: all)")
-    p.add_argument("--fixed-k", type=int, default=5, help="evidence items for the fixed-k system")
-    p.add_argument("--generate", type=int, default=20, help="questions per split also answered in free text")
-    p.add_argument("--replacement", default="mixed", choices=["noise", "other-domain", "mixed"])
+    p.add_argument("--generate", type=int, default=10, help="questions per split also answered in free text")
+    p.add_argument("--replacement", default="other-domain", choices=["noise", "other-domain", "mixed"],
+                   help="what replaces the image for the copy-reference rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", help="JSON list of earlier steps {step, command, seconds} to put in the report")
     p.add_argument("--note", action="append", help="a note for the report (repeatable)")
@@ -82,10 +117,11 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     from rag.eval_qa import EvalSettings, run_factuality
 
     steps = json.loads(Path(args.steps).read_text(encoding="utf-8")) if args.steps else []
-    settings = EvalSettings(fixed_k=args.fixed_k, generate_n=args.generate, replacement=args.replacement)
+    settings = EvalSettings(generate_n=args.generate, replacement=args.replacement)
+    models = {"base": args.base, "reader": args.reader, "rag_pt": args.rag_pt, "sft": args.sft}
     report, paths = run_factuality(
-        args.qa, resolve_generator_name(args.base), args.index, added_index=args.added_index, rag_pt=args.rag_pt,
-        sft=args.sft, splits=args.splits.split(","), questions=args.questions, seed=args.seed, settings=settings,
+        args.qa, {k: v for k, v in models.items() if v}, args.index, added_index=args.added_index,
+        splits=args.splits.split(","), questions=args.questions, seed=args.seed, settings=settings,
         steps=steps, notes=args.note or [], command="medrag " + " ".join(sys.argv[1:]), out=args.out,
         name=args.name, progress=not args.json)
     if args.json:

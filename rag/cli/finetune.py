@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.cli.output import print_json
-from rag.defaults import (ALIGNED_VLM, PAIRS_DIR, RAGPT_DIR, SAMPLE_CORPUS, SAMPLE_INDEX, SAMPLE_QA, SFT_DIR,
-                          resolve_generator_name)
+from rag.defaults import (ALIGNED_VLM, PAIRS_DIR, RAGPT_DIR, READER_DIR, SAMPLE_CORPUS, SAMPLE_INDEX, SAMPLE_QA,
+                          SFT_DIR, aligned_base, resolve_generator_name)
 
 if TYPE_CHECKING:  # for annotations only: training libraries load when a command runs
     from finetune.lora import TuneSettings
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # for annotations only: training libraries load when a comman
 
 def register(commands: argparse._SubParsersAction) -> None:
     finetune = commands.add_parser("finetune", help="train the VLM").add_subparsers(dest="action", required=True)
-    for add in (_add_align, _add_pairs, _add_dpo, _add_sft):
+    for add in (_add_align, _add_rag_sft, _add_export, _add_pairs, _add_dpo, _add_sft):
         add(finetune)
 
 
@@ -28,7 +28,7 @@ def _add_align(finetune: argparse._SubParsersAction) -> None:
     p = finetune.add_parser("align", help="train the VLM projector on corpus image-caption pairs (LM frozen)")
     p.add_argument("--corpus", default=str(SAMPLE_CORPUS))
     p.add_argument("--out", default=str(ALIGNED_VLM), help="where to save the model (default: %(default)s)")
-    p.add_argument("--base", help="saved MedVLM to start from (default: the offline default VLM)")
+    p.add_argument("--base", help="saved MedVLM to start from (default: the untrained offline assembly)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, help="stop after this many steps (a short run on CPU)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -45,7 +45,7 @@ def cmd_finetune_align(args: argparse.Namespace) -> int:
     from rag.generator import default_vlm_dir
     from rag.vlm import load_vlm
 
-    model, processor = load_vlm(args.base or default_vlm_dir())
+    model, processor = load_vlm(args.base or default_vlm_dir(shipped=False))
     config = AlignConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps,
                          val_fraction=args.val_fraction, eval_every=args.eval_every, seed=args.seed)
     log = train_projector(model, processor, args.corpus, config, progress=not args.json)
@@ -62,6 +62,77 @@ def cmd_finetune_align(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- finetune rag-sft ------------------------------------------------------------------------------
+
+def _add_rag_sft(finetune: argparse._SubParsersAction) -> None:
+    p = finetune.add_parser("rag-sft", help="Stage A: teach the VLM to answer from retrieved evidence (RAFT-style "
+                            "LoRA SFT on train questions in the test-time prompt); then choose its scoring rule on val")
+    p.add_argument("--index", default=str(SAMPLE_INDEX))
+    p.add_argument("--qa", default=str(SAMPLE_QA), help="QA JSONL (image paths relative to it)")
+    p.add_argument("--questions", type=int, default=0, help="train questions, stratified by domain (0: all)")
+    p.add_argument("--gold-share", type=float, default=0.7, help="prompts with the question's own document")
+    p.add_argument("--distractor-share", type=float, default=0.15, help="prompts with other documents only")
+    p.add_argument("--none-share", type=float, default=0.15, help="prompts without evidence")
+    p.add_argument("--val-questions", type=int, default=120,
+                   help="val questions the scoring rule is chosen on (0: skip the choice)")
+    p.add_argument("--out", default=str(READER_DIR), help="output folder (default: %(default)s)")
+    _training_flags(p, dpo=False)
+    p.set_defaults(func=cmd_finetune_rag_sft)
+
+
+def cmd_finetune_rag_sft(args: argparse.Namespace) -> int:
+    from finetune.reader import ReaderMix, reader_rows
+    from finetune.sft import prompt_completion_dataset, run_sft
+    from rag.pipeline import MedRAG
+    from rag.qa_inputs import closed_questions
+
+    base = aligned_base(args.base)
+    seed = args.seed or 0
+    mix = ReaderMix(args.gold_share, args.distractor_share, args.none_share, seed)
+    items = closed_questions(args.qa, ["train"], args.questions, seed)
+    rag = MedRAG.load(args.index, generator=base)
+    rows, counts = reader_rows(rag, items, Path(args.qa).parent, mix, progress=not args.json)
+    result = run_sft(base, prompt_completion_dataset(rows), args.out, _tune_settings(args),
+                     "Stage A: retrieval-augmented instruction tuning (RAFT-style LoRA SFT)",
+                     f"{counts['used']} train questions of {args.qa}", resume=args.resume or False,
+                     details={"reader_data": counts})
+    if args.val_questions:
+        from rag.eval_scoring import choose_rule
+
+        result["info"]["scoring"] = choose_rule(rag, str(result["merged"]), args.qa, args.val_questions, seed,
+                                                save=True, progress=not args.json)
+    return _report_tuning(result, args.json)
+
+
+# --- finetune export ------------------------------------------------------------------------------
+
+def _add_export(finetune: argparse._SubParsersAction) -> None:
+    p = finetune.add_parser("export", help="make a trained run the default VLM's shipped weights (projector, "
+                            "LoRA adapter, scoring rule, model card) in rag/weights/")
+    p.add_argument("--run", default=str(READER_DIR),
+                   help="a `finetune rag-sft` or `dpo` output folder, with merged/ and adapter/ (default: %(default)s)")
+    p.add_argument("--out", help="where to write the weights (default: the package's rag/weights/<default VLM>)")
+    p.add_argument("--command", action="append", default=[],
+                   help="a command that reproduced this run, for the model card (repeatable, in order)")
+    p.set_defaults(func=cmd_finetune_export)
+
+
+def cmd_finetune_export(args: argparse.Namespace) -> int:
+    from rag.shipped import SHIPPED_DIR, export_default, model_card
+
+    run = Path(args.run)
+    if not (run / "merged" / "config.json").is_file():
+        raise FileNotFoundError(f"{run}/merged is not a saved model; pass the output folder of `medrag finetune "
+                                "rag-sft` (or `dpo`) as --run")
+    card = model_card(run, args.command)
+    out = export_default(run / "merged", run / "adapter", card, Path(args.out) if args.out else SHIPPED_DIR)
+    sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+    print(f"shipped weights written to {out}:")
+    for name, size in sizes.items():
+        print(f"  {name:<40} {size / 1e6:6.2f} MB")
+    return 0
+
+
 # --- finetune pairs -------------------------------------------------------------------------------
 
 def _add_pairs(finetune: argparse._SubParsersAction) -> None:
@@ -69,7 +140,7 @@ def _add_pairs(finetune: argparse._SubParsersAction) -> None:
                             "evidence) by running the VLM on the train split")
     p.add_argument("--index", default=str(SAMPLE_INDEX))
     p.add_argument("--qa", default=str(SAMPLE_QA), help="QA JSONL (image paths relative to it)")
-    p.add_argument("--generator", help=f"VLM to run (default: {ALIGNED_VLM} if present)")
+    p.add_argument("--generator", help="VLM to run (default: the default VLM with its shipped Stage A weights)")
     p.add_argument("--split", default="train")
     p.add_argument("--questions", type=int, default=0, help="questions to run, stratified by domain (0: all)")
     p.add_argument("-k", type=int, help="fixed evidence count (default: adaptive selection, as at test time)")
@@ -117,7 +188,9 @@ def _add_dpo(finetune: argparse._SubParsersAction) -> None:
 def cmd_finetune_dpo(args: argparse.Namespace) -> int:
     from finetune.dpo import train_dpo
 
-    result = train_dpo(resolve_generator_name(args.base), args.pairs, args.out, _tune_settings(args),
+    from rag.generator import model_folder
+
+    result = train_dpo(model_folder(resolve_generator_name(args.base)), args.pairs, args.out, _tune_settings(args),
                        resume=args.resume or False)
     return _report_tuning(result, args.json)
 
@@ -140,14 +213,15 @@ def cmd_finetune_sft(args: argparse.Namespace) -> int:
 
     docs = read_documents(args.corpus)
     items = closed_questions(args.qa, ["train"], args.questions, args.seed or 0)
-    result = train_sft(resolve_generator_name(args.base), docs, items, Path(args.qa).parent, args.out,
+    result = train_sft(aligned_base(args.base), docs, items, Path(args.qa).parent, args.out,
                        _tune_settings(args), resume=args.resume or False)
     return _report_tuning(result, args.json)
 
 
 def _training_flags(p: argparse.ArgumentParser, dpo: bool) -> None:
     """The flags of `finetune dpo` and `finetune sft`; unset ones fall back to --config, then TuneSettings."""
-    p.add_argument("--base", help=f"MedVLM folder to tune (default: {ALIGNED_VLM} if present)")
+    p.add_argument("--base", help=f"MedVLM folder to tune (default: {ALIGNED_VLM} for rag-sft and sft, the "
+                   "default VLM for dpo)")
     p.add_argument("--config", help="YAML/JSON file of training settings (flags override it)")
     if dpo:
         p.add_argument("--beta", type=float, help="DPO beta (default 0.1)")
@@ -189,4 +263,8 @@ def _report_tuning(result: dict[str, Any], as_json: bool) -> int:
               f"final loss {summary['final_loss']}")
         print(f"  adapter: {summary['adapter']}\n  merged model (use as --generator): {summary['merged']}\n"
               f"  loss curve: {summary['plot']}")
+        if "scoring" in info:
+            from rag.eval_scoring import format_rule_table
+
+            print(f"  scoring rule chosen on val: {info['scoring']['chosen']}\n" + format_rule_table(info["scoring"]))
     return 0

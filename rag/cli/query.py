@@ -6,7 +6,7 @@ import argparse
 
 from rag.cli.output import print_json
 from rag.console import print_answer
-from rag.defaults import ALIGNED_VLM, SAMPLE_INDEX, resolve_generator_name
+from rag.defaults import SAMPLE_INDEX, resolve_generator_name
 
 
 # --- retrieve -------------------------------------------------------------------------------------
@@ -63,8 +63,8 @@ def register_ask(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", help="an answer option of a closed question (repeatable)")
     p.add_argument("--mode", choices=["auto", "generate", "options"], default="auto",
                    help="options: score each option by log-probability; generate: free text (default: auto)")
-    p.add_argument("--generator", help=f"default VLM name, saved model folder or HF model id "
-                   f"(default: {ALIGNED_VLM} if present, else the untrained default VLM)")
+    p.add_argument("--generator", help="default VLM name, saved model folder or HF model id (default: the default "
+                   "VLM with the trained projector and adapter it ships with)")
     p.add_argument("-k", type=int, help="keep exactly k evidence items (default: adaptive selection)")
     p.add_argument("--no-retrieval", action="store_true", help="answer without evidence (baseline)")
     p.add_argument("--no-abstain", action="store_true", help="answer even when the evidence is weak")
