@@ -121,7 +121,9 @@ def _api(service: Service) -> APIRouter:
 
     @api.post("/reload", summary="Serve the index's newest version now (also checked before every request)")
     async def reload() -> dict[str, Any]:
-        return await service.run(service.reload)
+        before = service.version
+        health = await service.run(service.health)  # every job starts by switching to the newest version
+        return {"reloaded": health["version"] != before, "previous_version": before, **health}
 
     @api.get("/examples", summary="A few indexed images per domain, for the page's example picker")
     def examples(per_domain: Annotated[int, Query(ge=1, le=10)] = 2) -> list[dict[str, Any]]:

@@ -163,11 +163,6 @@ class Service:
         _, selection = select_hits(result.hits, retriever.bundle.selection)
         return result.to_json(selection)
 
-    def reload(self) -> dict[str, Any]:
-        """Check the bundle for a new version now (`POST /api/reload`)."""
-        reloaded = self.refresh()
-        return {"reloaded": reloaded, **self.health()}
-
     # --- bundle lookups (no model: run anywhere) ----------------------------------------------------
 
     def evidence_image(self, doc_id: str, n: int = 0) -> Path:
