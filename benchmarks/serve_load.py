@@ -38,9 +38,9 @@ SCREENSHOT = Path("docs/images/serve.png")
 
 def browser_runs(server: Server, questions: list, runs: int, screenshot: Path | None) -> dict:
     """Page load to first answer, `runs` times in a fresh tab each; the last run's page as a screenshot."""
-    from rag.serve.browser import ask_on_page, chromium, follow_first_citation
+    from rag.serve.browser import ask_on_page, chromium, cited_image_question, follow_first_citation
 
-    item = next(q for q in questions if q.image)
+    item = cited_image_question(server, questions)
     times, asks = [], []
     driver = chromium()
     try:

@@ -54,10 +54,10 @@ def test_browser_uploads_asks_and_follows_a_citation(served, small_corpus, tmp_p
     missing = browser_available()
     if missing:
         pytest.fail(f"the browser test needs Chromium and Selenium ({missing}); .ci/run installs them")
-    from rag.serve.browser import ask_on_page, chromium, follow_first_citation
+    from rag.serve.browser import ask_on_page, chromium, cited_image_question, follow_first_citation
 
     server, _ = served
-    item = next(q for q in mixed_questions(small_corpus / "qa.jsonl", 8) if q.image)
+    item = cited_image_question(server, mixed_questions(small_corpus / "qa.jsonl", 12))
     driver = chromium()
     try:
         first = ask_on_page(driver, server.url + "/", item.question, item.image, item.options, compare=True)

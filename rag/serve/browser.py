@@ -9,9 +9,12 @@ at those binaries.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rag.serve.load import Question, ask
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -39,7 +42,19 @@ def chromium(width: int = 1400, height: int = 1100) -> Any:
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                  f"--window-size={width},{height}", "--hide-scrollbars", "--no-first-run"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})  # the page's errors, for the test to read
     return webdriver.Chrome(service=DriverService(executable_path=CHROMEDRIVER), options=options)
+
+
+def cited_image_question(server: Any, questions: Sequence[Question]) -> Question:
+    """The first closed image question the server answers with a citation: one whose link can be followed."""
+    import httpx
+
+    with httpx.Client() as client:
+        for item in (q for q in questions if q.image):
+            if ask(client, server, item).json().get("citations"):
+                return item
+    raise ValueError("no image question among these was answered with a citation")
 
 
 @dataclass
