@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from rag.serve.errors import ApiError
 
 # What medical images arrive as, and what Pillow decodes safely; sniffed from the bytes.
-FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")  # MPO: camera JPEGs with a preview
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG covers MPO (camera JPEGs with a preview)
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 25_000_000  # 5000 x 5000; scans larger than this are resized before upload
 
