@@ -22,6 +22,12 @@ MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 25_000_000  # 5000 x 5000; scans larger than this are resized before upload
 
 
+def _openable() -> list[str]:
+    """FORMATS this Pillow build can open (WebP needs libwebp); naming one it lacks raises KeyError."""
+    Image.init()  # registers every plugin the first time, returns at once after
+    return [f for f in FORMATS if f in Image.OPEN]
+
+
 def read_image(data: bytes, field: str = "image", max_bytes: int = MAX_BYTES,
                max_pixels: int = MAX_PIXELS) -> Image.Image:
     """The upload `data` decoded to RGB, or an ApiError naming `field` and what is wrong with it."""
@@ -34,7 +40,7 @@ def read_image(data: bytes, field: str = "image", max_bytes: int = MAX_BYTES,
             # Pillow warns (and above twice its own limit, raises) on huge headers; our limit is lower
             # and is checked below, so its warning would only repeat it on the console.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=_openable())
     except Image.DecompressionBombError:
         raise ApiError(413, f"{field}: the image declares too many pixels (limit {max_pixels})", field) from None
     except UnidentifiedImageError:
