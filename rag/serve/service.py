@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -51,7 +52,9 @@ class Service:
         self.error: str | None = None       # why loading failed, or why the last reload did
         self._rag: MedRAG | None = None
         self._docs: dict[str, Document] = {}  # document id -> document of the loaded version
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medrag-model")
+        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Any]] | None] = queue.SimpleQueue()
+        # A daemon thread, unlike a ThreadPoolExecutor's: Ctrl-C stops the server even mid-load or mid-answer.
+        self._worker = threading.Thread(target=self._work, name="medrag-model", daemon=True)
         self._waiting = 0
         self._waiting_lock = threading.Lock()
 
@@ -59,16 +62,40 @@ class Service:
 
     def start(self) -> None:
         """Load the index, encoders and generator on the worker; returns at once."""
-        self._worker.submit(self._load)
+        self._worker.start()
+        self._submit(self._load)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the load started by `start` has finished (it is the worker's first job)."""
-        self._worker.submit(lambda: None).result(timeout)
+        self._submit(lambda: None).result(timeout)
         if self.state != "ready":
             raise RuntimeError(f"the service failed to load: {self.error}")
 
     def close(self) -> None:
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker after the job it is running; queued jobs are cancelled."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job:
+                job[0].cancel()
+        self._jobs.put(None)
+
+    def _submit(self, job: Callable[[], T]) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, job))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            future, job = item
+            if not future.set_running_or_notify_cancel():  # cancelled while queued: its client left
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # handed to the request that waits for it
+                future.set_exception(exc)
 
     def _load(self) -> None:
         from rag.pipeline import MedRAG
@@ -78,8 +105,9 @@ class Service:
             self.state = "ready"
             log.info("ready: index %s (%s), generator %s", self.index_dir, self.version, self._rag.generator.name)
         except Exception as exc:  # reported by /api/health; the server keeps running to say so
-            log.exception("loading failed")
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            # A missing index or model is said in one line; anything else is a bug and keeps its traceback.
+            log.error("loading failed: %s", self.error, exc_info=not isinstance(exc, (OSError, ValueError)))
 
     def _install(self, rag: MedRAG) -> None:
         self._docs = {doc.id: doc for doc in rag.retriever.bundle.docs.values()}  # one reference swap
@@ -114,7 +142,7 @@ class Service:
             self._waiting += 1
         try:
             # A client that disconnects cancels its job if it has not started yet.
-            return await asyncio.wrap_future(self._worker.submit(self._job, job, args, kwargs))
+            return await asyncio.wrap_future(self._submit(lambda: self._job(job, args, kwargs)))
         finally:
             with self._waiting_lock:
                 self._waiting -= 1
