@@ -98,6 +98,8 @@ class Service:
                 future.set_exception(exc)
 
     def _load(self) -> None:
+        from rag.encoders import ModelNotAvailableError
+        from rag.index_bundle import BundleError
         from rag.pipeline import MedRAG
 
         try:
@@ -107,7 +109,7 @@ class Service:
         except Exception as exc:  # reported by /api/health; the server keeps running to say so
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             # A missing index or model is said in one line; anything else is a bug and keeps its traceback.
-            log.error("loading failed: %s", self.error, exc_info=not isinstance(exc, (OSError, ValueError)))
+            log.error("loading failed: %s", self.error, exc_info=not isinstance(exc, (BundleError, ModelNotAvailableError, OSError, ValueError)))
 
     def _install(self, rag: MedRAG) -> None:
         self._docs = {doc.id: doc for doc in rag.retriever.bundle.docs.values()}  # one reference swap
