@@ -109,7 +109,8 @@ class Service:
         except Exception as exc:  # reported by /api/health; the server keeps running to say so
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             # A missing index or model is said in one line; anything else is a bug and keeps its traceback.
-            log.error("loading failed: %s", self.error, exc_info=not isinstance(exc, (BundleError, ModelNotAvailableError, OSError, ValueError)))
+            expected = isinstance(exc, (BundleError, ModelNotAvailableError, OSError, ValueError))
+            log.error("loading failed: %s", self.error, exc_info=not expected)
 
     def _install(self, rag: MedRAG) -> None:
         self._docs = {doc.id: doc for doc in rag.retriever.bundle.docs.values()}  # one reference swap
@@ -199,7 +200,8 @@ class Service:
         """Image `n` of the document `doc_id`; only images of documents in the served bundle can be named."""
         # The id is only ever a key of the bundle's documents, never joined to a path; a path-like id is
         # refused by name so that a traversal attempt reads as one in the client's log.
-        if not doc_id or "\0" in doc_id or doc_id.startswith("/") or {".", ".."} & set(doc_id.replace("\\", "/").split("/")):
+        segments = set(doc_id.replace("\\", "/").split("/"))
+        if not doc_id or "\0" in doc_id or doc_id.startswith("/") or {".", ".."} & segments:
             raise ApiError(400, f"evidence id {doc_id!r} is a path, not a document id", "id")
         doc = self._docs.get(doc_id)
         if doc is None:
