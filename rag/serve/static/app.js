@@ -53,6 +53,7 @@ async function watchHealth() {
     if (data.status === "ready") {
       status.textContent = `ready · ${data.documents} documents · ${data.version}`;
       $("ask").disabled = false;
+      loadExamples();  // the index's documents are known once it has loaded
       return;
     }
     status.textContent = data.status === "loading" ? "loading the model…" : (data.detail || data.error || "unavailable");
@@ -259,9 +260,7 @@ document.addEventListener("DOMContentLoaded", () => {
     sessionStorage.setItem("medrag-token", state.token);
     $("token-form").hidden = true;
     watchHealth();
-    loadExamples();
   });
   addOption();
   watchHealth();
-  loadExamples();
 });
