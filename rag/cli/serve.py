@@ -29,6 +29,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted (default 10)")
     p.add_argument("--max-pixels", type=int, default=25_000_000, help="most pixels an uploaded image may declare")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="CPU threads for one answer (default: torch's, all cores); fewer on a "
+                                               "machine shared with other work")
     p.set_defaults(func=cmd_serve)
 
 
@@ -47,8 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not token:
         raise ValueError(f"medrag serve: binding to {args.host} makes the API reachable from other machines; "
                          f"give --token TOKEN (or set {TOKEN_ENV}) so that every API call must carry it")
-    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
-        raise ValueError("medrag serve: --max-upload-mb and --max-pixels must be positive")
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0 or (args.threads is not None and args.threads < 1):
+        raise ValueError("medrag serve: --max-upload-mb, --max-pixels and --threads must be positive")
+    import torch
     import uvicorn
 
     from rag.index_bundle import resolve_version
@@ -56,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from rag.serve.service import Service
 
     resolve_version(args.index)  # a missing or damaged index stops here, with its message, before the port opens
+    if args.threads:
+        torch.set_num_threads(args.threads)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("medrag serve: %(message)s"))
     logger = logging.getLogger("medrag.serve")

@@ -60,13 +60,14 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(index: str | Path, generator: str, token: str | None = None, startup_s: float = 600,
-                   log: Path | None = None) -> Iterator[Server]:
-    """`medrag serve` on a free localhost port, yielded once /api/health says ready; stopped after."""
+                   log: Path | None = None, extra: Sequence[str] = ()) -> Iterator[Server]:
+    """`medrag serve` on a free localhost port (`extra`: more flags), yielded once /api/health says ready;
+    stopped after."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "rag.cli", "serve", "--index", str(index), "--generator", generator,
-               "--port", str(port)] + (["--token", token] if token else [])
+               "--port", str(port), *extra] + (["--token", token] if token else [])
     out = open(log, "wb") if log else subprocess.DEVNULL
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, token)
