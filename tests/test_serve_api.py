@@ -224,6 +224,10 @@ def test_loading_and_full_queue_get_503(small_index, tiny_vlm_dir):
 
 def test_command_refuses_an_open_host_without_token(small_index, capsys):
     from rag.cli import main
+    from rag.cli.serve import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "example.org"))
 
     assert main(["serve", "--index", str(small_index), "--host", "0.0.0.0"]) == 2
     assert "--token" in capsys.readouterr().err
