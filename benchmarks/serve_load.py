@@ -103,6 +103,7 @@ def main() -> int:
     parser.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
     parser.add_argument("--browser-runs", type=int, default=5)
     parser.add_argument("--screenshot", default=str(SCREENSHOT), help="where --browser saves the page ('' for nowhere)")
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: all cores)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
@@ -110,12 +111,14 @@ def main() -> int:
     questions = mixed_questions(args.qa, args.distinct)
     started = time.perf_counter()
     log = Path(tempfile.gettempdir()) / "serve_load.log"   # the server's own output, if something goes wrong
-    with running_server(args.index, generator, log=log) as server:
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    with running_server(args.index, generator, log=log, extra=extra) as server:
         startup = time.perf_counter() - started
         with httpx.Client() as client:
             ask(client, server, questions[0])  # warm-up: the first call allocates and fills caches
         report = {"command": "python " + " ".join(sys.argv), "date": now(), "machine": machine_description(),
-                  "generator": generator, "index": args.index, "startup_s": round(startup, 1)}
+                  "generator": generator, "index": args.index, "startup_s": round(startup, 1),
+                  "server_threads": args.threads}
         if args.browser:
             screenshot = Path(args.screenshot) if args.screenshot else None
             report["browser"] = browser_runs(server, questions, args.browser_runs + 1, screenshot)
