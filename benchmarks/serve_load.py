@@ -52,6 +52,7 @@ def browser_runs(server: Server, questions: list, runs: int, screenshot: Path | 
                 asks.append(answer.ask_s)
         card = follow_first_citation(driver)
         if screenshot:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
             height = driver.execute_script("return document.body.scrollHeight")
             driver.set_window_size(1400, min(int(height) + 40, 2400))
             driver.save_screenshot(str(screenshot))
@@ -69,8 +70,10 @@ def markdown(report: dict) -> str:
     lat, ser, rss = load["latency_s"], load["serial_latency_s"], load["rss_mb"]
     lines = ["# `medrag serve` under load", "",
              f"Command: `{report['command']}` — {report['date']} — {report['machine']}.",
-             f"Generator: `{report['generator']}`; index `{report['index']}`; server ready "
-             f"{report['startup_s']} s after start (cold: index, encoders, VLM).", "",
+             f"Generator: `{report['generator']}`; index `{report['index']}`"
+             + (f"; server ready {report['startup_s']} s after start (cold: index, encoders, VLM)"
+                if report["startup_s"] is not None else "; a server already running (`--url`)")
+             + (f"; server threads {report['server_threads']}" if report["server_threads"] else "") + ".", "",
              f"**{load['clients']} concurrent clients, {load['requests']} requests** ({load['distinct_questions']} "
              f"distinct closed questions, half with an image) in {load['seconds']} s: "
              f"**{load['errors']} errors, {load['mismatches']} answers different from the serial ones**, "
@@ -104,6 +107,8 @@ def main() -> int:
     parser.add_argument("--browser-runs", type=int, default=5)
     parser.add_argument("--screenshot", default=str(SCREENSHOT), help="where --browser saves the page ('' for nowhere)")
     parser.add_argument("--threads", type=int, help="the server's --threads (default: all cores)")
+    parser.add_argument("--url", help="measure a `medrag serve` already running at URL instead of starting one")
+    parser.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
@@ -112,25 +117,37 @@ def main() -> int:
     started = time.perf_counter()
     log = Path(tempfile.gettempdir()) / "serve_load.log"   # the server's own output, if something goes wrong
     extra = ["--threads", str(args.threads)] if args.threads else []
-    with running_server(args.index, generator, log=log, extra=extra) as server:
-        startup = time.perf_counter() - started
-        with httpx.Client() as client:
-            ask(client, server, questions[0])  # warm-up: the first call allocates and fills caches
-        report = {"command": "python " + " ".join(sys.argv), "date": now(), "machine": machine_description(),
-                  "generator": generator, "index": args.index, "startup_s": round(startup, 1),
-                  "server_threads": args.threads}
-        if args.browser:
-            screenshot = Path(args.screenshot) if args.screenshot else None
-            report["browser"] = browser_runs(server, questions, args.browser_runs + 1, screenshot)
-            print(f"page load to first answer: {report['browser']['page_to_answer_s']}")
-        result = run_load(server, questions, args.clients, args.requests, deadline_s=args.deadline)
-    report["load"] = result.summary()
+    if args.url:
+        if not args.pid:
+            parser.error("--url needs --pid (the server process, whose memory is sampled)")
+        server = Server(args.url.rstrip("/"), args.pid)
+        health = httpx.get(f"{server.url}/api/health", timeout=30).json()
+        report = measure(args, server, questions, {"generator": health.get("generator"), "index": health["index"],
+                                                    "startup_s": None, "server_threads": args.threads})
+    else:
+        with running_server(args.index, generator, log=log, extra=extra) as server:
+            startup = round(time.perf_counter() - started, 1)
+            report = measure(args, server, questions, {"generator": generator, "index": args.index,
+                                                        "startup_s": startup, "server_threads": args.threads})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     (out / "serve_load.md").write_text(markdown(report))
     print(markdown(report))
-    return 0 if result.summary()["errors"] == 0 and not result.mismatches else 1
+    return 0 if report["load"]["errors"] == 0 and report["load"]["mismatches"] == 0 else 1
+
+
+def measure(args: argparse.Namespace, server: Server, questions: list, facts: dict) -> dict:
+    """Warm the server up, time the page if asked, then run the load."""
+    with httpx.Client() as client:
+        ask(client, server, questions[0])  # warm-up: the first call allocates and fills caches
+    report = {"command": "python " + " ".join(sys.argv), "date": now(), "machine": machine_description(), **facts}
+    if args.browser:
+        screenshot = Path(args.screenshot) if args.screenshot else None
+        report["browser"] = browser_runs(server, questions, args.browser_runs + 1, screenshot)
+        print(f"page load to first answer: {report['browser']['page_to_answer_s']}", flush=True)
+    report["load"] = run_load(server, questions, args.clients, args.requests, deadline_s=args.deadline).summary()
+    return report
 
 
 if __name__ == "__main__":

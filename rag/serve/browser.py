@@ -8,6 +8,7 @@ at those binaries.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,9 +26,7 @@ def browser_available() -> str | None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file() and not shutil.which(Path(p).name)]
     if missing:
         return f"missing {', '.join(missing)}: apt-get install chromium chromium-driver"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed: pip install 'medvlm-rag[dev]'"
     return None
 

@@ -44,7 +44,7 @@ class Question:
 @dataclass
 class Server:
     url: str
-    process: subprocess.Popen
+    pid: int                  # the server process, whose memory a load run samples
     token: str | None = None
 
     @property
@@ -70,9 +70,9 @@ def running_server(index: str | Path, generator: str, token: str | None = None, 
                "--port", str(port), *extra] + (["--token", token] if token else [])
     out = open(log, "wb") if log else subprocess.DEVNULL
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", process, token)
+    server = Server(f"http://127.0.0.1:{port}", process.pid, token)
     try:
-        _wait_ready(server, startup_s)
+        _wait_ready(server, startup_s, process)
         yield server
     finally:
         process.send_signal(signal.SIGINT)  # uvicorn shuts down cleanly on SIGINT
@@ -85,11 +85,12 @@ def running_server(index: str | Path, generator: str, token: str | None = None, 
             out.close()
 
 
-def _wait_ready(server: Server, startup_s: float) -> None:
+def _wait_ready(server: Server, startup_s: float, process: subprocess.Popen | None = None) -> None:
+    """Poll /api/health until it says ready (200); fail early if `process` exits or loading failed."""
     deadline = time.monotonic() + startup_s
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"medrag serve exited with {server.process.returncode} before it was ready")
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"medrag serve exited with {process.returncode} before it was ready")
         try:
             health = httpx.get(f"{server.url}/api/health", headers=server.headers, timeout=5)
             if health.status_code == 200:
@@ -178,7 +179,7 @@ def run_load(server: Server, questions: Sequence[Question], clients: int, reques
         work.put(item)
     lock = threading.Lock()
     stop_sampling = threading.Event()
-    sampler = threading.Thread(target=_sample_rss, args=(server.process.pid, result, stop_sampling), daemon=True)
+    sampler = threading.Thread(target=_sample_rss, args=(server.pid, result, stop_sampling), daemon=True)
     started = time.perf_counter()
     deadline = time.monotonic() + deadline_s
     barrier = threading.Barrier(clients)
