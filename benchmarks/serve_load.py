@@ -55,6 +55,7 @@ def browser_runs(server: Server, questions: list, runs: int, screenshot: Path | 
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             height = driver.execute_script("return document.body.scrollHeight")
             driver.set_window_size(1400, min(int(height) + 40, 2400))
+            driver.execute_script("window.scrollTo(0, 0)")  # the citation scrolled its card into view
             driver.save_screenshot(str(screenshot))
     finally:
         driver.quit()

@@ -235,7 +235,8 @@ function renderRanking(result) {
     if (i === result.selection.k) {
       items.push(el("li", { class: "cut" }, `selection cut here, kept ${result.selection.k} (${result.selection.rule}): ${result.selection.reason}`));
     }
-    items.push(el("li", { class: i < result.selection.k ? "kept" : "" },
+    // explicit rank: the cut line between the items is a list item too
+    items.push(el("li", { class: i < result.selection.k ? "kept" : "", value: String(i + 1) },
       `${hit.score.toFixed(4)} · ${hit.id} · ${hit.title || ""} (${hit.domain || ""})`));
   });
   $("ranking").replaceChildren(...items);
