@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -39,6 +39,9 @@ from rag.fusion import CHANNELS, Hit, fuse, query_kind, usable_channels
 from rag.index_bundle import IndexBundle, load_bundle
 from rag.routing import Routing, route
 
+if TYPE_CHECKING:  # only for the annotation
+    from rag.selection import Selection
+
 
 @dataclass
 class RetrievalResult:
@@ -47,10 +50,15 @@ class RetrievalResult:
     channels: list[str]
     timings: dict[str, float]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"routing": self.routing.to_json(), "channels": self.channels,
+    def to_json(self, selection: Selection | None = None) -> dict[str, Any]:
+        """The ranked hits, routing, channels and timings; with `selection`, also where it cut and why
+        (what `medrag retrieve --json` prints and `POST /api/retrieve` returns)."""
+        data = {"routing": self.routing.to_json(), "channels": self.channels,
                 "timings_ms": {k: round(v * 1000, 2) for k, v in self.timings.items()},
                 "hits": [h.to_json() for h in self.hits]}
+        if selection is not None:
+            data["selection"] = selection.to_json()
+        return data
 
 
 def metadata_matches(doc: Document, filters: dict[str, Any]) -> bool:

@@ -51,6 +51,10 @@ class Selection:
     cut_scores: tuple[float, float] | None = None
     """(S_k, S_{k+1}) when candidates were cut; None when everything retrieved was kept."""
 
+    def to_json(self) -> dict[str, Any]:
+        """What `medrag retrieve --json` and `POST /api/retrieve` report about the cut."""
+        return {"k": self.k, "rule": self.rule, "reason": self.reason}
+
 
 @dataclass
 class SelectionConfig:

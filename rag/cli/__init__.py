@@ -6,6 +6,7 @@
     eval.py       eval retrieval | qa
     finetune.py   finetune align | pairs | dpo | sft
     demo.py       demo
+    serve.py      serve (the HTTP API and web page, rag.serve)
 
 Each module declares its commands' flags next to the handler that reads them. Heavy libraries are
 imported inside the handlers, so `medrag --help` is instant.
@@ -17,12 +18,12 @@ import argparse
 import os
 import sys
 
-from rag.cli import corpus, demo, finetune, index, query
+from rag.cli import corpus, demo, finetune, index, query, serve
 from rag.cli import eval as evaluation  # renamed: `eval` would hide the builtin here
 
 # In the order `medrag --help` lists the commands.
 REGISTER = (corpus.register, index.register, query.register_retrieve, evaluation.register, query.register_ask,
-            finetune.register, demo.register)
+            finetune.register, demo.register, serve.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

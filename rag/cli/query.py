@@ -39,9 +39,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                                 channels=args.channel or None, routing=not args.no_routing, filters=filters or None)
     _, selection = select_hits(result.hits, retriever.bundle.selection, rule=args.rule)
     if args.json:
-        data = result.to_json()
-        data["selection"] = {"k": selection.k, "rule": selection.rule, "reason": selection.reason}
-        print_json(data)
+        print_json(result.to_json(selection))
         return 0
     r = result.routing
     print(f"routed to {r.domain} (confidence {r.confidence:.2f}, {r.mode}; searched {', '.join(r.searched)})")
