@@ -20,12 +20,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from rag.abstention import calibrate_abstention
 from rag.heads import train_aligner, train_router
 from rag.corpus import (DOMAINS, CorpusError, Document, QAItem, format_problems, read_documents, read_qa,
                         ValidationReport, validate_corpus, validate_qa)
 from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
                           create_image_encoder, create_text_encoder)
-from rag.fusion import calibrate_fusion
+from rag.fusion import calibrate_fusion, channel_reliability
 from rag.index_bundle import IndexBundle, bundle_update, load_bundle, load_manifest, resolve_version, save_bundle
 from rag.lexical import LexicalIndex
 from rag.manifest import Dims, EncoderInfo, HeadsInfo, Manifest, RoutingInfo
@@ -238,15 +239,20 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
         joint_native=joint_native, domains=domains, spec=asdict(spec), corpus=str(Path(corpus).resolve()),
         next_doc=0, next_image=0,
         heads=HeadsInfo(router={k: v.to_json() for k, v in router_logs.items()}, aligner=aligner_log.to_json()),
-        routing=RoutingInfo(threshold=0.5), skipped_records=skipped, engine=engine)
+        routing=RoutingInfo(threshold=0.5), skipped_records=skipped, engine=engine,
+        channel_reliability=channel_reliability(emb.images, emb.image_doc,
+                                                aligner_log.val_metric if aligner_log.n_train else None,
+                                                seed=spec.seed))
     bundle = IndexBundle(manifest=manifest, docs={}, image_owner={}, vectors={},
                          lexical=LexicalIndex.build([], []), router=router, aligner=aligner,
                          selection=SelectionConfig(k_max=spec.k_max, alpha=spec.alpha, delta=spec.delta),
                          vector_config=spec.vector_index)
     _add_to_bundle(bundle, emb, progress)
+    manifest.aligned_docs = manifest.next_doc
 
     val = [q for q in questions if q.split == "val"]
     retriever = Retriever(bundle, text_encoder, image_encoder)
+    manifest.abstention = calibrate_abstention(retriever, emb.images, emb.image_doc, seed=spec.seed)
     calibrate_bundle(retriever, val, corpus_dir=Path(corpus).parent, qa_dir=Path(qa).parent if qa else None,
                      spec=spec, progress=progress)
     manifest.build_seconds = round(time.perf_counter() - started, 2)
