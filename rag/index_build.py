@@ -189,6 +189,22 @@ def _add_to_bundle(bundle: IndexBundle, emb: Embedded, progress: bool = False) -
     return numbers
 
 
+def _train_heads(emb: Embedded, questions: list[QAItem], text_encoder: TextEncoder, image_dim: int,
+                 spec: IndexSpec, progress: bool) -> tuple[list[str], Any, dict[str, Any], Any, Any]:
+    """The domains, the router (with its logs) and the aligner (with its log), trained on `emb`."""
+    docs = emb.docs
+    domains = [d for d in DOMAINS if any(doc.domain == d for doc in docs)]
+    domain_index = {d: i for i, d in enumerate(domains)}
+    image_labels = np.asarray([domain_index[docs[i].domain] for i in emb.image_doc], dtype=np.int64)
+    text_x, text_y = _router_text_samples(emb, text_encoder, [q for q in questions if q.split == "train"], domain_index)
+    image_x = emb.images if len(emb.images) else np.zeros((1, image_dim), np.float32)
+    router, router_logs = train_router(image_x, image_labels if len(emb.images) else np.zeros(1, np.int64),
+                                       text_x, text_y, len(domains), seed=spec.seed, progress=progress)
+    aligner, aligner_log = train_aligner(emb.images, emb.image_doc, emb.text, joint_dim=spec.joint_dim,
+                                         seed=spec.seed, progress=progress)
+    return domains, router, router_logs, aligner, aligner_log
+
+
 def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = None, qa: str | Path | None = None,
                 on_bad_record: str = "stop", progress: bool = True,
                 text_encoder: TextEncoder | None = None, image_encoder: ImageEncoder | None = None,
@@ -218,19 +234,18 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
 
         corpus_text, corpus_image = ray_encoders(text_encoder, image_encoder, address=ray_address, device=device,
                                                  progress=progress)
+    stages: dict[str, float] = {"load": time.perf_counter() - started}
+
+    def lap(stage: str) -> None:  # where build time goes, kept in the manifest
+        stages[stage] = round(time.perf_counter() - started - sum(stages.values()), 2)
+
     emb = embed(docs, corpus_text, corpus_image, spec.batch_size, progress)
     emb.skipped = skipped
-
-    domains = [d for d in DOMAINS if any(doc.domain == d for doc in docs)]
-    domain_index = {d: i for i, d in enumerate(domains)}
-    image_labels = np.asarray([domain_index[docs[i].domain] for i in emb.image_doc], dtype=np.int64)
-    text_x, text_y = _router_text_samples(emb, corpus_text, [q for q in questions if q.split == "train"], domain_index)
-    image_x = emb.images if len(emb.images) else np.zeros((1, image_encoder.dim), np.float32)
-    router, router_logs = train_router(image_x, image_labels if len(emb.images) else np.zeros(1, np.int64),
-                                       text_x, text_y, len(domains), seed=spec.seed, progress=progress)
+    lap("embed")
+    domains, router, router_logs, aligner, aligner_log = _train_heads(emb, questions, corpus_text, image_encoder.dim,
+                                                                      spec, progress)
+    lap("heads")
     joint_native = bool(text_encoder.shares_space_with_images and image_encoder.shares_space_with_images)
-    aligner, aligner_log = train_aligner(emb.images, emb.image_doc, emb.text, joint_dim=spec.joint_dim,
-                                         seed=spec.seed, progress=progress)
 
     manifest = Manifest(
         encoders={"text": EncoderInfo(text_encoder.name, text_encoder.dim, text_encoder.fingerprint),
@@ -249,13 +264,17 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
                          vector_config=spec.vector_index)
     _add_to_bundle(bundle, emb, progress)
     manifest.aligned_docs = manifest.next_doc
+    lap("index")
 
     val = [q for q in questions if q.split == "val"]
     retriever = Retriever(bundle, text_encoder, image_encoder)
     manifest.abstention = calibrate_abstention(retriever, emb.images, emb.image_doc, seed=spec.seed)
+    lap("abstention")
     calibrate_bundle(retriever, val, corpus_dir=Path(corpus).parent, qa_dir=Path(qa).parent if qa else None,
                      spec=spec, progress=progress)
+    lap("calibration")
     manifest.build_seconds = round(time.perf_counter() - started, 2)
+    manifest.build_stages = {k: round(v, 2) for k, v in stages.items()}
     save_bundle(bundle, out)
     return bundle
 

@@ -153,7 +153,8 @@ class VectorIndexInfo:
 
 # Optional top-level keys kept as plain JSON values: key -> its JSON type.
 _PLAIN = {"joint_native": bool, "corpus": str, "skipped_records": list, "engine": str, "fusion": dict,
-          "fusion_calibration": dict, "channel_reliability": dict, "abstention": dict, "aligned_docs": int, "build_seconds": (int, float), "format_version": int, "counts": dict,
+          "fusion_calibration": dict, "channel_reliability": dict, "abstention": dict, "aligned_docs": int,
+          "build_seconds": (int, float), "build_stages": dict, "format_version": int, "counts": dict,
           "files": dict, "history": list}
 
 
@@ -184,6 +185,7 @@ class Manifest:
     abstention: dict[str, Any] | None = None   # build-time thresholds per channel (`rag.abstention`)
     aligned_docs: int | None = None            # documents numbered below this trained the aligner
     build_seconds: float | None = None
+    build_stages: dict[str, float] | None = None  # seconds per build stage (embed, heads, index, …)
     format_version: int | None = None
     selection: SelectionConfig | None = None
     counts: dict[str, Any] | None = None
