@@ -30,7 +30,7 @@ from rag.text import sentences
 
 PROBE_QUANTILE = 0.99
 ANSWERABLE_QUANTILE = 0.05
-PROBES = 100          # per kind: enough for the quantiles, a few seconds of encoding
+PROBES = 60           # per kind: enough for the 5% / 99% quantiles, a few seconds of search and encoding
 SALAD_WORDS = 8
 PATCH_GRID = 8        # a shuffled image is cut into PATCH_GRID x PATCH_GRID tiles
 

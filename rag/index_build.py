@@ -36,6 +36,7 @@ from rag.text import sentences
 from rag.vector_index import ChannelIndex, VectorIndexConfig
 
 ENGINES = ("local", "ray")
+ROUTER_SENTENCES_PER_DOC = 12
 
 
 @dataclass
@@ -144,13 +145,16 @@ def embed(docs: list[Document], text_encoder: TextEncoder, image_encoder: ImageE
 
 def _router_text_samples(emb: Embedded, text_encoder: TextEncoder, questions: list[QAItem],
                          domain_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Text router data: whole documents, their sentences, and training questions (the real query form)."""
+    """Text router data: whole documents, some of their sentences, and training questions (the real query form).
+
+    A corpus of one domain has nothing to route, so its sentences are not encoded; long documents
+    give at most ROUTER_SENTENCES_PER_DOC sentences (encoding them was much of the build time)."""
     samples, labels = [], []
-    for doc in emb.docs:
-        for sentence in sentences(doc.text):
-            if len(sentence.split()) >= 4 or len(sentence) >= 8:
-                samples.append(sentence)
-                labels.append(domain_index[doc.domain])
+    for doc in emb.docs if len(domain_index) > 1 else []:
+        kept = [s for s in sentences(doc.text) if len(s.split()) >= 4 or len(s) >= 8]
+        for sentence in kept[:ROUTER_SENTENCES_PER_DOC]:
+            samples.append(sentence)
+            labels.append(domain_index[doc.domain])
     for item in questions:
         samples.append(item.question)
         labels.append(domain_index[item.domain])
