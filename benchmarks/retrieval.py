@@ -146,7 +146,10 @@ def timed_build(corpus: Path, out: Path, qa: Path | None = None, spec: IndexSpec
     return round(time.perf_counter() - started, 1)
 
 
-def run_sample(work: Path, corpus_dir: Path) -> dict[str, Any]:
+def run_sample(work: Path, corpus_dir: Path, limit: int | None = None) -> dict[str, Any]:
+    """The sample corpus: uncalibrated and calibrated indexes, test split, then the added split after `index add`.
+
+    `limit`: at most this many questions per split (a seeded sample), for a quicker run."""
     spec = IndexSpec.from_file(REPO / "indexes" / "sample.yaml")
     if not (corpus_dir / "corpus.jsonl").is_file():
         from sample_corpus.build import build_sample_corpus
@@ -157,22 +160,30 @@ def run_sample(work: Path, corpus_dir: Path) -> dict[str, Any]:
                                              "with_qa": timed_build(corpus, work / "sample-qa", qa, spec)}}
     systems = {"system (uncalibrated)": Retriever.load(work / "sample-noqa"),
                "system (calibrated)": Retriever.load(work / "sample-qa")}
+    out["build_stages"] = {name: r.bundle.manifest.build_stages for name, r in systems.items()}
     questions = read_qa(qa)
-    test = [q for q in questions if q.split == "test"]
+    test = _at_most([q for q in questions if q.split == "test"], limit)
     out["test"] = evaluate(systems, test, corpus_dir, baselines_from="system (uncalibrated)")
     out["fusion"] = {name: {kind: r.bundle.fusion_weights(kind) for kind in ("text", "image", "image+text")}
                      for name, r in systems.items()}
     out["channel_reliability"] = systems["system (uncalibrated)"].bundle.manifest.channel_reliability
     out["abstention"] = systems["system (uncalibrated)"].bundle.manifest.abstention
-    added = [q for q in questions if q.split == "added"]
+    grown = {}
     for name, built in (("uncalibrated", "sample-noqa"), ("calibrated", "sample-qa")):
         started = time.perf_counter()
         add_documents(work / built, corpus_dir / "corpus_added.jsonl", progress=False)
         out.setdefault("add_seconds", {})[name] = round(time.perf_counter() - started, 1)
-    grown = {f"system after add ({n})": Retriever.load(work / b)
-             for n, b in (("uncalibrated", "sample-noqa"), ("calibrated", "sample-qa"))}
+        grown[f"system after add ({name})"] = Retriever.load(work / built)
+    added = _at_most([q for q in questions if q.split == "added"], limit)
     out["added"] = evaluate(grown, added, corpus_dir, baselines_from="system after add (uncalibrated)")
     return out
+
+
+def _at_most(questions: list[QAItem], limit: int | None, seed: int = 0) -> list[QAItem]:
+    if limit is None or len(questions) <= limit:
+        return questions
+    keep = sorted(np.random.default_rng(seed).choice(len(questions), size=limit, replace=False))
+    return [questions[i] for i in keep]
 
 
 def medpix_cases(work: Path, seed: int = 0) -> tuple[Path, list[QAItem]]:
@@ -267,7 +278,7 @@ def markdown(results: dict[str, Any]) -> str:
         s = results["sample"]
         lines += ["## Sample corpus, test split", "", *_run_facts(s["run"]),
                   f"Build: {s['build_seconds']['without_qa']} s without the QA file, {s['build_seconds']['with_qa']} s "
-                  f"with it. Fusion weights: `{json.dumps(s['fusion'])}`; channel reliability "
+                  f"with it; stages (s) `{json.dumps(s['build_stages'])}`. Fusion weights: `{json.dumps(s['fusion'])}`; channel reliability "
                   f"`{json.dumps(s['channel_reliability'])}`.", "", table(s["test"]), "",
                   "## Sample corpus, added split (documents added with `index add`)", "",
                   f"`index add` took {s['add_seconds']} s.", "", table(s["added"]), ""]
@@ -287,15 +298,15 @@ def main() -> int:
     parser.add_argument("--corpus-dir", default=str(REPO / "data" / "sample"))
     parser.add_argument("--out", default=str(RESULTS / "retrieval"))
     parser.add_argument("--folds", type=int, choices=[1, 2], default=1, help="MedPix calibration folds")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many sample questions per split")
     args = parser.parse_args()
     out = Path(args.out)
-    # A run of one dataset keeps the other's last results: each dataset carries its own run facts.
-    results: dict[str, Any] = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+    results: dict[str, Any] = {}
     run = {"command": "python benchmarks/retrieval.py " + " ".join(sys.argv[1:]), "machine": machine_description(),
            "date": now(), "commit": _commit()}
     with tempfile.TemporaryDirectory() as work:
         if args.dataset in ("sample", "all"):
-            results["sample"] = {"run": run, **run_sample(Path(work), Path(args.corpus_dir))}
+            results["sample"] = {"run": run, **run_sample(Path(work), Path(args.corpus_dir), args.limit)}
             print(table(results["sample"]["test"]), table(results["sample"]["added"]), sep="\n\n")
         if args.dataset in ("medpix", "all"):
             if not (REALDATA / "medpix2_test").is_dir():
@@ -304,6 +315,10 @@ def main() -> int:
                 results["medpix"] = {"run": run, **run_medpix(Path(work), args.folds)}
                 print(table(results["medpix"]["uncalibrated"]), table(results["medpix"]["calibrated"]), sep="\n\n")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # A run of one dataset keeps the other's last results (read now, not at the start, so two runs of
+    # different datasets can overlap); each dataset carries its own run facts.
+    if out.with_suffix(".json").is_file():
+        results = {**json.loads(out.with_suffix(".json").read_text(encoding="utf-8")), **results}
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
