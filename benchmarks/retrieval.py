@@ -199,6 +199,8 @@ def medpix_cases(work: Path, seed: int = 0) -> tuple[Path, list[QAItem]]:
     for doc in cases:
         sections = doc.metadata["sections"]
         rest = "\n\n".join(f"{k.replace('_', ' ').title()}: {v}" for k, v in sections.items() if k != "findings")
+        if not rest:  # a case with nothing but its Findings has no document to find
+            continue
         held_out = doc.images[0] if len(doc.images) > 1 else None
         docs.append(Document(id=doc.id, domain="radiology", title=doc.title, text=rest,
                              images=doc.images[1:] if held_out else doc.images, source=doc.source,
