@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rag.abstention import shuffled_patches
+from rag.encoders import load_rgb
 from rag.generator import create_generator
 from rag.index_bundle import load_bundle
 from rag.pipeline import MIN_IMAGE_SIMILARITY, MIN_LEXICAL_SCORE, MIN_TEXT_SIMILARITY, MedRAG
@@ -37,8 +38,19 @@ def test_thresholds_come_from_the_bundle_and_separate_corpus_queries_from_noise(
     records = [json.loads(line) for line in (small_corpus / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     assert not _weak(rag, records[0]["text"].split(".")[0])            # a document's own sentence is answered
     assert _weak(rag, "quarterly earnings of the semiconductor industry rose sharply")  # off-topic is refused
-    noise = shuffled_patches(str(small_corpus / records[0]["images"][0]), np.random.default_rng(3))
-    assert _weak(rag, "what is shown?", noise)
+    for channel in ("text", "bm25", "image"):  # just above noise, never above what answerable queries reach
+        evidence = stored["evidence"][channel]
+        assert stored[channel] <= evidence["probes"]["p99"] + 1e-4
+        assert stored[channel] <= evidence["answerable"]["p05"] + 1e-4 or "answerable" not in evidence
+
+
+def test_shuffled_patches_keep_the_colours_and_lose_the_picture(small_corpus: Path) -> None:
+    path = next((small_corpus / "images").rglob("*.png"))
+    original = np.asarray(load_rgb(path).resize((224, 224)), dtype=np.float64)
+    shuffled = np.asarray(shuffled_patches(str(path), np.random.default_rng(3)), dtype=np.float64)
+    assert shuffled.shape == original.shape
+    assert np.allclose(np.sort(shuffled.ravel()), np.sort(original.ravel()))  # the same pixels ...
+    assert np.abs(shuffled - original).mean() > 1.0                          # ... elsewhere
 
 
 def test_a_bundle_without_calibrated_thresholds_keeps_the_constants(rag: MedRAG) -> None:
