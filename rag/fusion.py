@@ -139,7 +139,7 @@ def _contributions(per_channel: Mapping[str, list[tuple[int, float]]], channels:
             if n in position:
                 z[position[n], j] = value
     if unaligned and "joint" in channels and "image" in channels:
-        rows = [position[n] for n in unaligned if n in position]
+        rows = [i for i, n in enumerate(candidates) if n in unaligned]
         z[rows, channels.index("joint")] = z[rows, channels.index("image")]
     return candidates, z
 

@@ -144,7 +144,9 @@ class IndexBundle:
     def unaligned(self) -> set[int]:
         """Documents added after the aligner was trained (`index add`): the joint space never saw them."""
         first = self.manifest.aligned_docs
-        return set() if first is None else {n for n in self.docs if n >= first}
+        if first is None or first >= self.manifest.next_doc:  # nothing added since: the common case, no scan
+            return set()
+        return {n for n in self.docs if n >= first}
 
     def abstention_thresholds(self) -> dict[str, float]:
         """The thresholds calibrated at build time ("text", "image", "bm25"; a channel that had nothing to
