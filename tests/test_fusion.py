@@ -72,3 +72,26 @@ def test_channel_reliability_measures_leave_one_out_image_recall() -> None:
     scrambled = channel_reliability(images, rng.permutation(image_doc), None)
     assert scrambled["image"] < 0.5 and "joint" not in scrambled
     assert "image" not in channel_reliability(images[:10], np.arange(10), 0.3)  # one image per document
+
+
+def test_a_bundle_built_before_keeps_its_weights_and_gets_defaults_for_the_rest() -> None:
+    from rag.heads import Aligner, DomainRouter
+    from rag.index_bundle import IndexBundle
+    from rag.lexical import LexicalIndex
+    from rag.manifest import Manifest
+    from rag.selection import SelectionConfig
+
+    encoder = {"name": "e", "dim": 4, "fingerprint": "f"}
+    old = {"encoders": {"text": encoder, "image": encoder}, "dims": {"text": 4, "image": 4, "joint": 4},
+           "domains": ["radiology"], "spec": {}, "next_doc": 3, "next_image": 0, "routing": {"threshold": 0.5},
+           "fusion": {"text": {"text": 0.0, "bm25": 0.5}}, "selection": SelectionConfig().to_json()}
+    manifest = Manifest.from_json(old, "old/manifest.json")
+    bundle = IndexBundle(manifest=manifest, docs={n: DOCS[n] for n in range(3)}, image_owner={}, vectors={},
+                         lexical=LexicalIndex.build([], []), router=DomainRouter(4, 4, 1), aligner=Aligner(4, 4, 4),
+                         selection=SelectionConfig())
+    assert bundle.fusion_weights("text") == {"text": 0.0, "bm25": 0.5}      # its calibration is kept
+    assert bundle.fusion_weights("image") == {"joint": 1.0, "image": 1.0}   # nothing measured: equal
+    assert bundle.abstention_thresholds() == {} and bundle.unaligned == set()
+    assert manifest.to_json() == old                                          # written back as read
+    manifest.aligned_docs = 2                                                 # one document added since
+    assert bundle.unaligned == {2}
