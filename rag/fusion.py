@@ -1,20 +1,27 @@
-"""Fusion of the retrieval channels (docs/design.md §5 step 2): weighted Reciprocal Rank Fusion.
+"""Fusion of the retrieval channels (docs/design.md §5 step 2): weighted sum of standardised scores.
 
 The retriever searches every channel the query can use over every domain it may search, and
-`fuse` merges those rankings into one flat list: a document scores the sum, over the channels that
-found it, of the channel's weight / (RRF_K + its rank + 1). Routing comes after fusion and looks at
-the fused list (`rag.routing`).
+`fuse` merges those rankings into one flat list. Ranks alone are not enough: a generic question
+("What is the diagnosis for this image?") ranks documents in the text channels as confidently as a
+near-duplicate image does in the image channel, and rank fusion lets the two noise channels outvote
+the one that found the case. So each channel's scores are standardised over the channel's own
+retrieved list (z-scores: how far a document stands out from what this channel returned for this
+query), clipped so one outlier cannot decide alone, and summed with per-channel weights; a document a
+channel did not return gets that channel's lowest z. The fused score is exp(weighted mean z):
+positive, as selection's score ratios need, and its log-gaps are z-unit gaps.
 
-The weights depend on the kind of query (`query_kind`: text, image, or image+text) and are
-calibrated when the bundle is built: `calibrate_fusion` tries every combination of FUSION_GRID per
-kind on the validation questions and keeps the one that ranks their gold documents best.
+The weights depend on the kind of query (`query_kind`: text, image, or image+text). Defaults, right
+without a QA file (`default_weights`): the text channels weigh 1 for text queries and
+TEXT_WEIGHT_WITH_IMAGE next to an image; of the two image channels the one that the corpus itself
+shows to be more reliable (`channel_reliability`, measured at build time) leads and the other
+follows by (its reliability / the leader's) ** RELIABILITY_POWER. With val questions,
+`calibrate_fusion` tries every combination of FUSION_GRID per kind and keeps the best by val MRR.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +33,17 @@ from rag.corpus import Document, QAItem
 
 # text / bm25: question -> document text, dense / lexical; joint / image: image -> text / similar images
 CHANNELS = ("text", "bm25", "joint", "image")
-RRF_K = 60  # Cormack et al. (2009): robust across collections; ranks, not raw scores, are fused
-FUSION_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+FUSION_GRID = (0.0, 0.1, 0.5, 1.0, 2.0)
+# z-scores are clipped to this range: a sparse BM25 list (two hits, the rest zero) gives its top hit
+# z > 6, which would otherwise outweigh every other channel whatever the weights say.
+Z_CLIP = (-2.0, 4.0)
+# Chosen on the sample corpus and MedPix (benchmarks/retrieval.py): next to an image, a question is
+# mostly about the task ("which channels does this herb enter?"), not which document; at 0.1 the
+# text channels still break ties between image matches.
+TEXT_WEIGHT_WITH_IMAGE = 0.1
+# How fast a less reliable image channel loses weight: (0.76)**8 = 0.11 on MedPix, where the aligner
+# is clearly behind image->image; (0.93)**8 = 0.56 on the sample, where the two are close.
+RELIABILITY_POWER = 8
 
 
 def query_kind(question: str | None, image: object | None) -> str:
@@ -43,11 +59,50 @@ def usable_channels(question: str | None, image: object | None, joint: bool = Tr
             or (c == "joint" and image is not None and joint)]
 
 
+def default_weights(kind: str, reliability: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Channel weights for a kind of query without calibration questions (see the module docstring).
+
+    `reliability`: the image channels' recall@1 on held-out corpus images (`channel_reliability`);
+    without it both image channels weigh 1."""
+    weights: dict[str, float] = {}
+    if kind in ("text", "image+text"):
+        text_weight = 1.0 if kind == "text" else TEXT_WEIGHT_WITH_IMAGE
+        weights.update(text=text_weight, bm25=text_weight)
+    if kind in ("image", "image+text"):
+        r = {c: float((reliability or {}).get(c, 0.0)) for c in ("joint", "image")}
+        best = max(r.values())
+        for c in ("joint", "image"):
+            weights[c] = round((r[c] / best) ** RELIABILITY_POWER, 4) if best > 0 else 1.0
+    return weights
+
+
+def channel_reliability(images: np.ndarray, image_doc: np.ndarray, aligner_recall: float | None,
+                        max_queries: int = 500, seed: int = 0) -> dict[str, Any]:
+    """How often each image channel puts a held-out corpus image's own document first.
+
+    image: leave-one-out over images of documents with two or more images (the nearest other image
+    must be one of the same document); joint: the aligner's recall@1 on its held-out images (from
+    its training log). Measured on the corpus alone, so defaults need no QA file."""
+    out: dict[str, Any] = {}
+    if aligner_recall is not None:
+        out["joint"] = round(float(aligner_recall), 4)
+    counts = np.bincount(image_doc) if len(image_doc) else np.zeros(0, dtype=np.int64)
+    candidates = np.flatnonzero(counts[image_doc] >= 2) if len(image_doc) else np.zeros(0, dtype=np.int64)
+    if len(candidates):
+        rng = np.random.default_rng(seed)
+        queries = rng.choice(candidates, size=min(max_queries, len(candidates)), replace=False)
+        sims = images[queries] @ images.T
+        sims[np.arange(len(queries)), queries] = -np.inf          # not the image itself
+        out["image"] = round(float((image_doc[sims.argmax(1)] == image_doc[queries]).mean()), 4)
+        out["n_image_queries"] = int(len(queries))
+    return out
+
+
 @dataclass
 class Hit:
     doc_number: int
     doc: Document
-    score: float                                   # fused RRF score, positive, descending
+    score: float                                   # fused score, positive, descending
     ranks: dict[str, int] = field(default_factory=dict)      # channel -> 0-based rank
     channel_scores: dict[str, float] = field(default_factory=dict)
 
@@ -57,30 +112,70 @@ class Hit:
                 "images": self.doc.images}
 
 
+def standardise(ranked: list[tuple[int, float]]) -> tuple[dict[int, float], float]:
+    """Clipped z-scores of one channel's (doc number, score) list, and the z of a document it did not
+    return (its lowest). A list of one, or of equal scores, says nothing about strength: all zero."""
+    scores = np.asarray([s for _, s in ranked], dtype=np.float64)
+    spread = scores.std() if len(scores) > 1 else 0.0
+    if spread <= 1e-9:
+        return {n: 0.0 for n, _ in ranked}, 0.0
+    z = np.clip((scores - scores.mean()) / spread, *Z_CLIP)
+    return {n: float(v) for (n, _), v in zip(ranked, z)}, float(z.min())
+
+
+def _contributions(per_channel: Mapping[str, list[tuple[int, float]]], channels: list[str],
+                   unaligned: Collection[int] = ()) -> tuple[list[int], np.ndarray]:
+    """Candidates (found by any of `channels`) and their z in each channel (candidates x channels).
+
+    `unaligned`: documents added after the aligner was trained. The joint space never saw their
+    images, so its verdict on them is not evidence; the image channel's stands in for it."""
+    candidates = sorted({n for c in channels for n, _ in per_channel[c]})
+    position = {n: i for i, n in enumerate(candidates)}
+    z = np.zeros((len(candidates), len(channels)))
+    for j, c in enumerate(channels):
+        standard, floor = standardise(per_channel[c])
+        z[:, j] = floor
+        for n, value in standard.items():
+            if n in position:
+                z[position[n], j] = value
+    if unaligned and "joint" in channels and "image" in channels:
+        rows = [i for i, n in enumerate(candidates) if n in unaligned]
+        z[rows, channels.index("joint")] = z[rows, channels.index("image")]
+    return candidates, z
+
+
 def fuse(per_channel: Mapping[str, list[tuple[int, float]]], weights: Mapping[str, float],
-         docs: Mapping[int, Document]) -> list[Hit]:
-    """One ranking from the channels' (doc number, score) rankings; a channel without a weight weighs 1."""
-    fused: dict[int, float] = defaultdict(float)
-    ranks: dict[int, dict[str, int]] = defaultdict(dict)
-    scores: dict[int, dict[str, float]] = defaultdict(dict)
+         docs: Mapping[int, Document], unaligned: Collection[int] = ()) -> list[Hit]:
+    """One ranking from the channels' (doc number, score) rankings; a channel without a weight weighs 1.
+
+    Documents only zero-weight channels found are left out; every hit keeps each channel's rank and
+    raw score (abstention looks at the raw scores). `unaligned`: see `_contributions`."""
+    active = [c for c, ranked in per_channel.items() if ranked and weights.get(c, 1.0) > 0]
+    if not active:
+        return []
+    candidates, z = _contributions(per_channel, active, unaligned)
+    w = np.asarray([weights.get(c, 1.0) for c in active])
+    fused = np.exp(z @ w / w.sum())
+    ranks: dict[int, dict[str, int]] = {n: {} for n in candidates}
+    scores: dict[int, dict[str, float]] = {n: {} for n in candidates}
     for channel, ranked in per_channel.items():
-        weight = weights.get(channel, 1.0)
         for rank, (number, score) in enumerate(ranked):
-            fused[number] += weight / (RRF_K + rank + 1)
-            ranks[number][channel] = rank
-            scores[number][channel] = score
-    order = sorted((n for n in fused if fused[n] > 0), key=lambda n: (-fused[n], n))
-    return [Hit(doc_number=n, doc=docs[n], score=fused[n], ranks=ranks[n], channel_scores=scores[n]) for n in order]
+            if number in ranks:
+                ranks[number][channel] = rank
+                scores[number][channel] = score
+    order = sorted(range(len(candidates)), key=lambda i: (-fused[i], candidates[i]))
+    return [Hit(doc_number=candidates[i], doc=docs[candidates[i]], score=float(fused[i]), ranks=ranks[candidates[i]],
+                channel_scores=scores[candidates[i]]) for i in order]
 
 
 def calibrate_fusion(retriever, val: list[QAItem], qa_dir: Path | None, depth: int = 50,
                      progress: bool = True) -> dict[str, dict[str, float]]:
-    """Per query kind, the channel weights of weighted RRF that maximise val MRR of the gold document.
+    """Per query kind, the channel weights that maximise val MRR of the gold document.
 
-    A question about "the herb in this image" carries no text signal, so its text channels only add
-    noise to the fused ranking; a question naming a herb is best served by BM25. Rather than guess,
-    each kind of query gets the grid point with the best validation MRR (ties: closest to equal weights).
-    `retriever` is a `rag.retriever.Retriever`: its unfused channel rankings are searched once per question.
+    Starts from good defaults (`default_weights`) and improves on them where the QA file says so:
+    each kind of query gets the grid point with the best validation MRR (ties: the default weights
+    first, then the closest to equal weights). `retriever` is a `rag.retriever.Retriever`: its
+    unfused channel rankings are searched once per question.
     """
     number_of = {d.id: n for n, d in retriever.bundle.docs.items()}
     by_kind: dict[str, list[tuple[list[str], np.ndarray, int | None]]] = {}
@@ -88,30 +183,33 @@ def calibrate_fusion(retriever, val: list[QAItem], qa_dir: Path | None, depth: i
         image = str(qa_dir / item.image) if item.image and qa_dir else None
         channels = usable_channels(item.question, image, retriever.bundle.joint_searchable)
         _, _, per_channel = retriever.search_channels(item.question, image, channels, depth=depth)
-        candidates = sorted({n for ranked in per_channel.values() for n, _ in ranked})
-        position = {n: i for i, n in enumerate(candidates)}
-        contrib = np.zeros((len(candidates), len(channels)))
-        for j, c in enumerate(channels):
-            for rank, (n, _) in enumerate(per_channel[c]):
-                contrib[position[n], j] = 1.0 / (RRF_K + rank + 1)
-        gold = position.get(number_of.get(item.doc_id, -1))
-        by_kind.setdefault(query_kind(item.question, image), []).append((channels, contrib, gold))
-    return {kind: _best_weights(rows) for kind, rows in by_kind.items()}
+        found = [c for c in channels if per_channel[c]]
+        candidates, z = _contributions(per_channel, found, retriever.bundle.unaligned)
+        full = np.zeros((len(candidates), len(channels)))
+        full[:, [channels.index(c) for c in found]] = z
+        gold = candidates.index(number_of[item.doc_id]) if number_of.get(item.doc_id) in candidates else None
+        by_kind.setdefault(query_kind(item.question, image), []).append((channels, full, gold))
+    return {kind: _best_weights(rows, retriever.bundle.fusion_weights(kind)) for kind, rows in by_kind.items()}
 
 
-def _best_weights(rows: list[tuple[list[str], np.ndarray, int | None]]) -> dict[str, float]:
-    """The FUSION_GRID point with the best MRR over one query kind's questions, with val_mrr and n."""
+def _best_weights(rows: list[tuple[list[str], np.ndarray, int | None]],
+                  defaults: Mapping[str, float]) -> dict[str, float]:
+    """The best-MRR weights over one query kind's questions (grid plus the defaults), with val_mrr and n."""
     channels = rows[0][0]
-    grid = np.asarray([w for w in itertools.product(FUSION_GRID, repeat=len(channels)) if any(w)])
+    default = tuple(float(defaults.get(c, 1.0)) for c in channels)
+    grid = np.asarray([default] + [w for w in itertools.product(FUSION_GRID, repeat=len(channels))
+                                   if any(w) and w != default])
     mrr = np.zeros(len(grid))
-    for _, contrib, gold in rows:
-        if gold is None or not len(contrib):
+    for _, z, gold in rows:
+        if gold is None or not len(z):
             continue
-        fused = contrib @ grid.T                       # candidates x grid
-        rank = (fused > fused[gold]).sum(axis=0)       # 0-based rank of the gold document
-        mrr += np.where(fused[gold] > 0, 1.0 / (rank + 1), 0.0)
+        # A channel that found nothing contributes 0 for every candidate, so it does not change the order.
+        fused = z @ grid.T / grid.sum(axis=1)           # candidates x grid: weighted mean z
+        rank = (fused > fused[gold]).sum(axis=0)        # 0-based rank of the gold document
+        mrr += 1.0 / (rank + 1)
     mrr /= len(rows)
     spread = np.abs(grid / grid.max(axis=1, keepdims=True) - 1).sum(axis=1)
+    spread[0] = -1.0                                    # the defaults win ties
     best = int(np.lexsort((spread, -np.round(mrr, 6)))[0])
     weights = {c: float(w) for c, w in zip(channels, grid[best])}
     weights["val_mrr"] = round(float(mrr[best]), 4)

@@ -20,12 +20,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from rag.abstention import calibrate_abstention
 from rag.heads import train_aligner, train_router
 from rag.corpus import (DOMAINS, CorpusError, Document, QAItem, format_problems, read_documents, read_qa,
                         ValidationReport, validate_corpus, validate_qa)
 from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
                           create_image_encoder, create_text_encoder)
-from rag.fusion import calibrate_fusion
+from rag.fusion import calibrate_fusion, channel_reliability
 from rag.index_bundle import IndexBundle, bundle_update, load_bundle, load_manifest, resolve_version, save_bundle
 from rag.lexical import LexicalIndex
 from rag.manifest import Dims, EncoderInfo, HeadsInfo, Manifest, RoutingInfo
@@ -35,6 +36,7 @@ from rag.text import sentences
 from rag.vector_index import ChannelIndex, VectorIndexConfig
 
 ENGINES = ("local", "ray")
+ROUTER_SENTENCES_PER_DOC = 12
 
 
 @dataclass
@@ -143,13 +145,16 @@ def embed(docs: list[Document], text_encoder: TextEncoder, image_encoder: ImageE
 
 def _router_text_samples(emb: Embedded, text_encoder: TextEncoder, questions: list[QAItem],
                          domain_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Text router data: whole documents, their sentences, and training questions (the real query form)."""
+    """Text router data: whole documents, some of their sentences, and training questions (the real query form).
+
+    A corpus of one domain has nothing to route, so its sentences are not encoded; long documents
+    give at most ROUTER_SENTENCES_PER_DOC sentences (encoding them was much of the build time)."""
     samples, labels = [], []
-    for doc in emb.docs:
-        for sentence in sentences(doc.text):
-            if len(sentence.split()) >= 4 or len(sentence) >= 8:
-                samples.append(sentence)
-                labels.append(domain_index[doc.domain])
+    for doc in emb.docs if len(domain_index) > 1 else []:
+        kept = [s for s in sentences(doc.text) if len(s.split()) >= 4 or len(s) >= 8]
+        for sentence in kept[:ROUTER_SENTENCES_PER_DOC]:
+            samples.append(sentence)
+            labels.append(domain_index[doc.domain])
     for item in questions:
         samples.append(item.question)
         labels.append(domain_index[item.domain])
@@ -188,6 +193,22 @@ def _add_to_bundle(bundle: IndexBundle, emb: Embedded, progress: bool = False) -
     return numbers
 
 
+def _train_heads(emb: Embedded, questions: list[QAItem], text_encoder: TextEncoder, image_dim: int,
+                 spec: IndexSpec, progress: bool) -> tuple[list[str], Any, dict[str, Any], Any, Any]:
+    """The domains, the router (with its logs) and the aligner (with its log), trained on `emb`."""
+    docs = emb.docs
+    domains = [d for d in DOMAINS if any(doc.domain == d for doc in docs)]
+    domain_index = {d: i for i, d in enumerate(domains)}
+    image_labels = np.asarray([domain_index[docs[i].domain] for i in emb.image_doc], dtype=np.int64)
+    text_x, text_y = _router_text_samples(emb, text_encoder, [q for q in questions if q.split == "train"], domain_index)
+    image_x = emb.images if len(emb.images) else np.zeros((1, image_dim), np.float32)
+    router, router_logs = train_router(image_x, image_labels if len(emb.images) else np.zeros(1, np.int64),
+                                       text_x, text_y, len(domains), seed=spec.seed, progress=progress)
+    aligner, aligner_log = train_aligner(emb.images, emb.image_doc, emb.text, joint_dim=spec.joint_dim,
+                                         seed=spec.seed, progress=progress)
+    return domains, router, router_logs, aligner, aligner_log
+
+
 def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = None, qa: str | Path | None = None,
                 on_bad_record: str = "stop", progress: bool = True,
                 text_encoder: TextEncoder | None = None, image_encoder: ImageEncoder | None = None,
@@ -217,19 +238,18 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
 
         corpus_text, corpus_image = ray_encoders(text_encoder, image_encoder, address=ray_address, device=device,
                                                  progress=progress)
+    stages: dict[str, float] = {"load": time.perf_counter() - started}
+
+    def lap(stage: str) -> None:  # where build time goes, kept in the manifest
+        stages[stage] = round(time.perf_counter() - started - sum(stages.values()), 2)
+
     emb = embed(docs, corpus_text, corpus_image, spec.batch_size, progress)
     emb.skipped = skipped
-
-    domains = [d for d in DOMAINS if any(doc.domain == d for doc in docs)]
-    domain_index = {d: i for i, d in enumerate(domains)}
-    image_labels = np.asarray([domain_index[docs[i].domain] for i in emb.image_doc], dtype=np.int64)
-    text_x, text_y = _router_text_samples(emb, corpus_text, [q for q in questions if q.split == "train"], domain_index)
-    image_x = emb.images if len(emb.images) else np.zeros((1, image_encoder.dim), np.float32)
-    router, router_logs = train_router(image_x, image_labels if len(emb.images) else np.zeros(1, np.int64),
-                                       text_x, text_y, len(domains), seed=spec.seed, progress=progress)
+    lap("embed")
+    domains, router, router_logs, aligner, aligner_log = _train_heads(emb, questions, corpus_text, image_encoder.dim,
+                                                                      spec, progress)
+    lap("heads")
     joint_native = bool(text_encoder.shares_space_with_images and image_encoder.shares_space_with_images)
-    aligner, aligner_log = train_aligner(emb.images, emb.image_doc, emb.text, joint_dim=spec.joint_dim,
-                                         seed=spec.seed, progress=progress)
 
     manifest = Manifest(
         encoders={"text": EncoderInfo(text_encoder.name, text_encoder.dim, text_encoder.fingerprint),
@@ -238,18 +258,27 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
         joint_native=joint_native, domains=domains, spec=asdict(spec), corpus=str(Path(corpus).resolve()),
         next_doc=0, next_image=0,
         heads=HeadsInfo(router={k: v.to_json() for k, v in router_logs.items()}, aligner=aligner_log.to_json()),
-        routing=RoutingInfo(threshold=0.5), skipped_records=skipped, engine=engine)
+        routing=RoutingInfo(threshold=0.5), skipped_records=skipped, engine=engine,
+        channel_reliability=channel_reliability(emb.images, emb.image_doc,
+                                                aligner_log.val_metric if aligner_log.n_train else None,
+                                                seed=spec.seed))
     bundle = IndexBundle(manifest=manifest, docs={}, image_owner={}, vectors={},
                          lexical=LexicalIndex.build([], []), router=router, aligner=aligner,
                          selection=SelectionConfig(k_max=spec.k_max, alpha=spec.alpha, delta=spec.delta),
                          vector_config=spec.vector_index)
     _add_to_bundle(bundle, emb, progress)
+    manifest.aligned_docs = manifest.next_doc
+    lap("index")
 
     val = [q for q in questions if q.split == "val"]
     retriever = Retriever(bundle, text_encoder, image_encoder)
+    manifest.abstention = calibrate_abstention(retriever, emb.images, emb.image_doc, seed=spec.seed)
+    lap("abstention")
     calibrate_bundle(retriever, val, corpus_dir=Path(corpus).parent, qa_dir=Path(qa).parent if qa else None,
                      spec=spec, progress=progress)
+    lap("calibration")
     manifest.build_seconds = round(time.perf_counter() - started, 2)
+    manifest.build_stages = {k: round(v, 2) for k, v in stages.items()}
     save_bundle(bundle, out)
     return bundle
 

@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from rag.heads import Aligner, DomainRouter
 from rag.corpus import Document
+from rag.fusion import default_weights
 from rag.lexical import LexicalIndex
 from rag.manifest import FORMAT_VERSION, BundleError, Manifest, VectorIndexInfo, check_format
 from rag.selection import SelectionConfig
@@ -134,8 +135,24 @@ class IndexBundle:
         return float(self.manifest.routing.threshold)
 
     def fusion_weights(self, kind: str) -> dict[str, float]:
-        """Calibrated per-channel RRF weights for a query kind (empty: every channel weighs 1)."""
-        return (self.manifest.fusion or {}).get(kind, {})
+        """Per-channel fusion weights for a query kind: calibrated on val at build time, else the defaults
+        from the corpus's own channel reliability (`rag.fusion.default_weights`)."""
+        calibrated = (self.manifest.fusion or {}).get(kind)
+        return dict(calibrated) if calibrated else default_weights(kind, self.manifest.channel_reliability)
+
+    @property
+    def unaligned(self) -> set[int]:
+        """Documents added after the aligner was trained (`index add`): the joint space never saw them."""
+        first = self.manifest.aligned_docs
+        if first is None or first >= self.manifest.next_doc:  # nothing added since: the common case, no scan
+            return set()
+        return {n for n in self.docs if n >= first}
+
+    def abstention_thresholds(self) -> dict[str, float]:
+        """The thresholds calibrated at build time ("text", "image", "bm25"; a channel that had nothing to
+        calibrate on, and every channel of a bundle built before they were, is absent)."""
+        stored = self.manifest.abstention or {}
+        return {c: float(stored[c]) for c in ("text", "image", "bm25") if isinstance(stored.get(c), (int, float))}
 
     def set_fusion(self, calibration: dict[str, dict[str, float]]) -> None:
         """Keep calibrated fusion: per query kind, channel weights plus their val_mrr and n."""

@@ -7,7 +7,8 @@ to do. The bundle module (`rag.index_bundle`) owns the manifest: other code asks
     encoders, dims, joint_native, domains, spec, corpus   what was built, from what, with which encoders
     next_doc, next_image                                  the next stable document number / image row
     heads, routing, skipped_records, engine               head training logs, routing threshold, build notes
-    fusion, fusion_calibration, build_seconds             calibrated RRF weights per query kind
+    fusion, fusion_calibration, build_seconds             calibrated fusion weights per query kind
+    channel_reliability, abstention                       corpus-measured defaults: fusion, abstention
     format_version, selection, counts, vector_index,      written by every save (`save_bundle`)
     files
     history                                               add / remove operations since the build
@@ -152,7 +153,8 @@ class VectorIndexInfo:
 
 # Optional top-level keys kept as plain JSON values: key -> its JSON type.
 _PLAIN = {"joint_native": bool, "corpus": str, "skipped_records": list, "engine": str, "fusion": dict,
-          "fusion_calibration": dict, "build_seconds": (int, float), "format_version": int, "counts": dict,
+          "fusion_calibration": dict, "channel_reliability": dict, "abstention": dict, "aligned_docs": int,
+          "build_seconds": (int, float), "build_stages": dict, "format_version": int, "counts": dict,
           "files": dict, "history": list}
 
 
@@ -179,7 +181,11 @@ class Manifest:
     engine: str | None = None                    # what embedded the corpus: "local" or "ray"
     fusion: dict[str, dict[str, float]] | None = None              # query kind -> channel -> RRF weight
     fusion_calibration: dict[str, dict[str, float]] | None = None  # the same with val_mrr and n
+    channel_reliability: dict[str, Any] | None = None  # image channels' recall@1 on held-out corpus images
+    abstention: dict[str, Any] | None = None   # build-time thresholds per channel (`rag.abstention`)
+    aligned_docs: int | None = None            # documents numbered below this trained the aligner
     build_seconds: float | None = None
+    build_stages: dict[str, float] | None = None  # seconds per build stage (embed, heads, index, …)
     format_version: int | None = None
     selection: SelectionConfig | None = None
     counts: dict[str, Any] | None = None

@@ -34,9 +34,10 @@ from rag.vlm import DEFAULT_VLM
 
 # How close the best kept evidence must be for the system to answer: question->text cosine, image->
 # image cosine, or BM25 score (a herb named in Chinese or Latin is far from every English document for
-# the dense encoder, but an exact name match for BM25). Checked on the sample index by
-# benchmarks/latency.py, which prints the distributions: off-topic questions stay below all three
-# (text cosine <= 0.15, BM25 <= 2.5), questions naming a herb reach BM25 >= 25.
+# the dense encoder, but an exact name match for BM25). Bundles calibrate their own at build time
+# (`rag.abstention`); these are the fallback for bundles built before that, tuned on the sample
+# index by benchmarks/latency.py: off-topic questions stay below all three (text cosine <= 0.15,
+# BM25 <= 2.5), questions naming a herb reach BM25 >= 25.
 MIN_TEXT_SIMILARITY = 0.30
 MIN_IMAGE_SIMILARITY = 0.75
 MIN_LEXICAL_SCORE = 10.0
@@ -95,13 +96,18 @@ class Context:
 
 
 class MedRAG:
-    def __init__(self, retriever: Retriever, generator: Generator, min_text_similarity: float = MIN_TEXT_SIMILARITY,
-                 min_image_similarity: float = MIN_IMAGE_SIMILARITY, min_lexical_score: float = MIN_LEXICAL_SCORE):
+    def __init__(self, retriever: Retriever, generator: Generator, min_text_similarity: float | None = None,
+                 min_image_similarity: float | None = None, min_lexical_score: float | None = None):
+        """Abstention thresholds left None come from the bundle (calibrated at build time), else the constants."""
         self.retriever = retriever
         self.generator = generator
-        self.min_text_similarity = min_text_similarity
-        self.min_image_similarity = min_image_similarity
-        self.min_lexical_score = min_lexical_score
+        calibrated = retriever.bundle.abstention_thresholds()
+        self.min_text_similarity = (min_text_similarity if min_text_similarity is not None
+                                    else calibrated.get("text", MIN_TEXT_SIMILARITY))
+        self.min_image_similarity = (min_image_similarity if min_image_similarity is not None
+                                     else calibrated.get("image", MIN_IMAGE_SIMILARITY))
+        self.min_lexical_score = (min_lexical_score if min_lexical_score is not None
+                                  else calibrated.get("bm25", MIN_LEXICAL_SCORE))
 
     @classmethod
     def load(cls, index_dir: str | Path, generator: Generator | str = DEFAULT_VLM, device: str | None = None,

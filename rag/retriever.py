@@ -10,8 +10,9 @@ A query runs through three stages, in this order:
        joint  image -> document text, in the aligner's joint space (or the encoder's own, for CLIP)
        image  image -> similar corpus images, returning their documents
 
-2. **Fuse** the channel rankings into one flat ranking with weighted Reciprocal Rank Fusion, the
-   weights calibrated per kind of query (`rag.fusion`).
+2. **Fuse** the channel rankings into one flat ranking: a weighted sum of each channel's
+   standardised scores, weights per kind of query, from the corpus by default and calibrated on a
+   QA file when there is one (`rag.fusion`).
 3. **Route**: the router heads' domain probabilities, sharpened by where the fused ranking found its
    best evidence, pick one domain, or the top two when unsure (`rag.routing`); the fused ranking is
    then restricted to the routed domains (scores stay those of the flat fusion).
@@ -118,7 +119,8 @@ class Retriever:
                                                                            filters, depth, timings)
         t = time.perf_counter()
         # Calibrated weights are for the full channel mix; a caller who names channels gets them equally.
-        fused = fuse(per_channel, {} if channels else self.fusion_weights(question, image), self.bundle.docs)
+        fused = fuse(per_channel, {} if channels else self.fusion_weights(question, image), self.bundle.docs,
+                     self.bundle.unaligned)
         timings["fuse"] = time.perf_counter() - t
         t = time.perf_counter()
         decision = self.route(image_features, text_features, fused)
@@ -170,7 +172,7 @@ class Retriever:
         return text_features, image_features, per_channel
 
     def fusion_weights(self, question: str | None, image: ImageInput | None) -> dict[str, float]:
-        """Per-channel RRF weights for this kind of query, calibrated on the val split at build time."""
+        """Per-channel fusion weights for this kind of query (calibrated, else the corpus defaults)."""
         return self.bundle.fusion_weights(query_kind(question, image))
 
     def _allowed_numbers(self, domains: list[str], filters: dict[str, Any] | None) -> set[int] | None:
