@@ -53,7 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", default="indexes/sample")
     parser.add_argument("--qa", default="data/sample/qa.jsonl")
-    parser.add_argument("--generator", help="default: the demo's aligned VLM if present, else the default VLM")
+    parser.add_argument("--generator", help="default: the default VLM with its shipped weights")
     parser.add_argument("--n", type=int, default=20, help="questions per kind")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()

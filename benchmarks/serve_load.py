@@ -99,7 +99,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", default="indexes/sample")
     parser.add_argument("--qa", default="data/sample/qa.jsonl")
-    parser.add_argument("--generator", help="default: the demo's aligned VLM if present, else the default VLM")
+    parser.add_argument("--generator", help="default: the default VLM with its shipped weights")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=240)
     parser.add_argument("--distinct", type=int, default=16, help="distinct questions the requests cycle through")

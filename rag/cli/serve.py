@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import os
 
-from rag.defaults import ALIGNED_VLM, SAMPLE_INDEX, resolve_generator_name
+from rag.defaults import SAMPLE_INDEX, resolve_generator_name
 
 TOKEN_ENV = "MEDRAG_TOKEN"
 
@@ -17,8 +17,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                             description="Serve the question-answering API under /api/ (OpenAPI at /docs) and a "
                                         "web page at /. Binds to 127.0.0.1; any other host needs a token.")
     p.add_argument("--index", default=str(SAMPLE_INDEX), help="index bundle to serve (reloaded after `index add`)")
-    p.add_argument("--generator", help=f"default VLM name, saved model folder or HF model id "
-                   f"(default: {ALIGNED_VLM} if present, else the untrained default VLM)")
+    p.add_argument("--generator", help="default VLM name, saved model folder or HF model id (default: the default "
+                   "VLM with its shipped weights)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on every API call (default: ${TOKEN_ENV}); "
