@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -220,7 +221,10 @@ def test_eval_qa_runs_every_system_and_writes_the_report(small_index, small_corp
 
     out = tmp_path / "results"
     merged = str(dpo_dir / "merged")
-    assert main(["eval", "qa", "--index", str(small_index), "--added-index", str(small_index), "--qa",
+    added = tmp_path / "index-added"  # the added split is asked of the index that holds the added documents
+    shutil.copytree(small_index, added, symlinks=True)
+    assert main(["index", "add", str(added), "--corpus", str(small_corpus / "corpus_added.jsonl")]) == 0
+    assert main(["eval", "qa", "--index", str(small_index), "--added-index", str(added), "--qa",
                  str(small_corpus / "qa.jsonl"), "--base", str(tiny_vlm_dir), "--reader", merged, "--rag-pt", merged,
                  "--sft", merged, "--questions", "4", "--generate", "2", "--out", str(out), "--name", "tiny",
                  "--json"]) == 0
