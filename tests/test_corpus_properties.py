@@ -32,14 +32,18 @@ SHAPES = st.fixed_dictionaries({
 
 
 def _write_shape(small_corpus: Path, target: Path, shape: dict) -> tuple[Path, Path | None, list[dict]]:
-    """The corpus (and QA file) of `shape`, images as absolute paths into the small corpus."""
+    """The corpus (and QA file) of `shape`, with the images it keeps copied beside it (corpus image paths
+    are relative to the corpus folder)."""
     records = [json.loads(line) for line in (small_corpus / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     chosen = []
     for domain in shape["domains"]:
         chosen += [r for r in records if r["domain"] == domain][: shape["n_docs"]]
     for i, record in enumerate(chosen):
         keep = shape["images"] == "all" or (shape["images"] == "some" and i % 2 == 0)
-        record["images"] = [str(small_corpus / p) for p in record["images"]] if keep else []
+        record["images"] = record["images"] if keep else []
+        for rel in record["images"]:
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            (target / rel).write_bytes((small_corpus / rel).read_bytes())
         if shape["text"] == "title only":
             record["text"] = record["title"]
     target.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,8 @@ def test_any_corpus_shape_builds_retrieves_and_answers(shape: dict, small_corpus
     with_images = [r for r in records if r["images"]]
     for record in with_images[:2]:  # a document's own image finds it, with or without a question
         for question in (None, "What does this image show?"):
-            found = [h.doc.id for h in retriever.retrieve(question, image=record["images"][0], k=5).hits]
+            found = [h.doc.id for h in retriever.retrieve(question, image=corpus.parent / record["images"][0],
+                                                           k=5).hits]
             assert record["id"] in found, (shape, question, found)
     if not with_images:
         assert retriever.retrieve(None, image=next((small_corpus / "queries").rglob("*.png")), k=3).hits == []
