@@ -35,9 +35,9 @@ PROJECTOR_PREFIX = "model.multi_modal_projector."
 
 def shipped_digest(folder: Path = SHIPPED_DIR) -> str | None:
     """A short digest of the shipped weights (None when none ship), so a cache built from other weights is not reused."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
     if not (folder / PROJECTOR_FILE).is_file():
         return None
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.relative_to(folder).as_posix().encode())
