@@ -9,9 +9,13 @@ Steps, each a `medrag` command run as a subprocess and timed:
    `medrag finetune align` when the projector-aligned VLM (the base every stage starts from) is;
 1. the "added" index: a copy of the default index plus `data/sample/corpus_added.jsonl`
    (`medrag index add`), standing for documents that arrive after training;
-2. Stage A, `medrag finetune rag-sft` (retrieval-augmented instruction tuning; chooses the scoring
-   rule on val); `--reuse-stage-a` keeps an earlier run's model;
-3. with `--stage-b`: Stage B, `medrag finetune pairs` with the Stage A model, then `finetune dpo` on top;
+2. Stage A: by default the model the default VLM ships with (rag/weights, made by
+   `make default-weights`); `--stage-a train` runs `medrag finetune rag-sft` (retrieval-augmented
+   instruction tuning; chooses the scoring rule on val), `--stage-a reuse` keeps WORK/medvlm-reader;
+3. with `--stage-b`: Stage B, `medrag finetune pairs` with the Stage A model, then `finetune dpo` on top
+   once per `--dpo-grid` setting (learning rate : beta); each is scored on val questions
+   (`medrag eval scoring`, the model's own rule, retrieved evidence; ties: gold evidence) and the
+   best one is the Stage A + B that the test and added splits see;
 4. `medrag finetune sft` (knowledge SFT) with as many optimiser steps and examples per step as the
    tuned model got in all (the fair baseline);
 5. `medrag eval qa` on stratified samples of the test and added splits, which writes
@@ -30,18 +34,60 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 MEDRAG = [sys.executable, "-m", "rag.cli"]
 ALIGNED = "data/models/medvlm-aligned"
 
 
-def run(step: str, args: list[str], steps: list[dict]) -> None:
+def run(step: str, args: list[str], steps: list[dict]) -> str:
+    """Run one `medrag` command, timed; its standard output is returned (and shown unless it is --json)."""
     command = "medrag " + " ".join(args)
     print(f"\n== {step}: {command}", flush=True)
     started = time.perf_counter()
-    subprocess.run(MEDRAG + args, cwd=ROOT, check=True)
+    out = subprocess.run(MEDRAG + args, cwd=ROOT, check=True, stdout=subprocess.PIPE if "--json" in args else None,
+                         text=True).stdout or ""
     seconds = round(time.perf_counter() - started, 1)
     steps.append({"step": step, "command": command, "seconds": seconds})
     print(f"== {step} took {seconds} s", flush=True)
+    return out
+
+
+def grid(text: str) -> list[tuple[str, str]]:
+    """"5e-5:0.1,2e-4:0.1" -> [("5e-5", "0.1"), ("2e-4", "0.1")]."""
+    try:
+        points = [tuple(p.split(":")) for p in text.split(",") if p]
+        assert points and all(len(p) == 2 and float(p[0]) > 0 and float(p[1]) > 0 for p in points)
+    except (AssertionError, ValueError):
+        raise SystemExit(f"--dpo-grid {text!r}: give learning-rate:beta pairs separated by commas, e.g. 5e-5:0.1")
+    return points  # type: ignore[return-value]
+
+
+def stage_b(args: argparse.Namespace, reader: Path, work: Path, steps: list[dict], b_steps: int,
+            quick: bool) -> tuple[Path, list[dict]]:
+    """Pairs from the Stage A model, one DPO run per grid setting, the best on val: its merged model
+    and every setting's val figures."""
+    rel = lambda p: str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)  # noqa: E731
+    pairs = work / "pairs"
+    if not (args.reuse_pairs and (pairs / "pairs.parquet").is_file()):
+        run("Stage B pairs", ["finetune", "pairs", "--generator", rel(reader), "--replacement", "other-domain",
+                              "--questions", "12" if quick else str(args.pair_questions), "--out", rel(pairs)], steps)
+    tried = []
+    for lr, beta in grid(args.dpo_grid):
+        out = work / f"medvlm-ragpt-lr{lr}-beta{beta}"
+        shutil.rmtree(out, ignore_errors=True)
+        run(f"Stage B (DPO, lr {lr}, beta {beta})",
+            ["finetune", "dpo", "--base", rel(reader), "--pairs", rel(pairs), "--out", rel(out), "--lr", lr,
+             "--beta", beta, "--sft-weight", args.sft_weight, "--batch-size", "4", "--max-steps", str(b_steps)], steps)
+        report = json.loads(run(f"Stage B val (lr {lr}, beta {beta})",
+                                ["eval", "scoring", "--generator", rel(out / "merged"), "--questions",
+                                 "6" if quick else str(args.val_questions), "--json"], steps))
+        rule = json.loads((out / "merged" / "scoring.json").read_text())["rule"] \
+            if (out / "merged" / "scoring.json").is_file() else "mean"
+        figures = {c: report["accuracy"][c][rule] for c in ("retrieved", "gold")}
+        tried.append({"lr": lr, "beta": beta, "rule": rule, "model": rel(out / "merged"), "val": figures})
+    best = max(tried, key=lambda t: (t["val"]["retrieved"]["all"]["accuracy"], t["val"]["gold"]["all"]["accuracy"]))
+    best["chosen"] = True
+    return ROOT / best["model"], tried
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -50,11 +96,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generate", type=int, default=10, help="questions per split also answered in free text")
     parser.add_argument("--stage-a-steps", type=int, default=200, help="Stage A optimiser steps (batch 4)")
     parser.add_argument("--stage-a-lr", default="5e-4")
-    parser.add_argument("--reuse-stage-a", action="store_true", help="keep WORK/medvlm-reader from an earlier run")
+    parser.add_argument("--stage-a", choices=["shipped", "train", "reuse"], default="shipped",
+                        help="Stage A: the default VLM's shipped weights, a new rag-sft run, or WORK/medvlm-reader")
     parser.add_argument("--stage-b", action="store_true", help="also run Stage B (pairs + DPO on the Stage A model)")
-    parser.add_argument("--pair-questions", type=int, default=300, help="train questions run to build pairs")
-    parser.add_argument("--dpo-steps", type=int, default=50, help="Stage B optimiser steps (batch 4)")
-    parser.add_argument("--dpo-lr", default="5e-5")
+    parser.add_argument("--pair-questions", type=int, default=240, help="train questions run to build pairs")
+    parser.add_argument("--reuse-pairs", action="store_true", help="keep WORK/pairs from an earlier run")
+    parser.add_argument("--dpo-steps", type=int, default=40, help="Stage B optimiser steps (batch 4)")
+    parser.add_argument("--dpo-grid", default="5e-5:0.1,2e-4:0.1",
+                        help="learning-rate:beta settings tried, the best chosen on val (default: %(default)s)")
+    parser.add_argument("--sft-weight", default="1.0", help="weight of Stage B's SFT anchor (default: %(default)s)")
+    parser.add_argument("--val-questions", type=int, default=60, help="val questions Stage B settings are chosen on")
     parser.add_argument("--skip-sft", action="store_true", help="leave out the knowledge-SFT baseline (its rows "
                         "and the targets against it are then missing from the report)")
     parser.add_argument("--work", default="data/experiment", help="where models and the added index go")
@@ -81,22 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(ROOT / "indexes/sample", added, symlinks=True)
     run("index the added documents", ["index", "add", rel(added), "--corpus", "data/sample/corpus_added.jsonl"], steps)
 
-    reader, ragpt, sft, pairs = work / "medvlm-reader", work / "medvlm-ragpt", work / "medvlm-sft", work / "pairs"
-    if not (args.reuse_stage_a and (reader / "merged" / "config.json").is_file()):
-        shutil.rmtree(reader, ignore_errors=True)  # checkpoints of an earlier run must not be resumed by accident
-        run("Stage A (rag-sft)", ["finetune", "rag-sft", "--base", ALIGNED, "--out", rel(reader), "--lora-rank", "8",
-                                  "--lora-alpha", "16", "--lr", args.stage_a_lr, "--batch-size", "4", "--max-steps",
+    sft = work / "medvlm-sft"
+    if args.stage_a == "shipped":
+        from rag.generator import default_vlm_dir
+
+        reader = default_vlm_dir(progress=False)     # the shipped weights merged once, in the user's cache
+    else:
+        reader = work / "medvlm-reader" / "merged"
+    if args.stage_a == "train" or not (reader / "config.json").is_file():
+        shutil.rmtree(reader.parent, ignore_errors=True)  # checkpoints of an earlier run must not be resumed
+        run("Stage A (rag-sft)", ["finetune", "rag-sft", "--base", ALIGNED, "--out", rel(reader.parent), "--lora-rank",
+                                  "8", "--lora-alpha", "16", "--lr", args.stage_a_lr, "--batch-size", "4", "--max-steps",
                                   str(a_steps), "--val-questions", "6" if quick else "60"], steps)
     tuned_steps = a_steps
+    grid_report: list[dict] = []
     if args.stage_b:
-        shutil.rmtree(ragpt, ignore_errors=True)
-        run("Stage B pairs", ["finetune", "pairs", "--generator", rel(reader / "merged"), "--replacement",
-                              "other-domain", "--questions", "12" if quick else str(args.pair_questions),
-                              "--out", rel(pairs)], steps)
-        run("Stage B (DPO)", ["finetune", "dpo", "--base", rel(reader / "merged"), "--pairs", rel(pairs), "--out",
-                              rel(ragpt), "--lr", args.dpo_lr, "--batch-size", "4", "--max-steps", str(b_steps)], steps)
+        ragpt, grid_report = stage_b(args, reader, work, steps, b_steps, quick)
         tuned_steps += b_steps
-    models = ["--reader", rel(reader / "merged")]
+    models = ["--reader", str(reader)]
     if not args.skip_sft:
         shutil.rmtree(sft, ignore_errors=True)
         run("knowledge SFT", ["finetune", "sft", "--base", ALIGNED, "--out", rel(sft), "--lora-rank", "8",
@@ -105,13 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         models += ["--sft", rel(sft / "merged")]
     steps_file = work / "steps.json"
     steps_file.write_text(json.dumps(steps, indent=1), encoding="utf-8")
+    notes = []
     if args.stage_b:
-        models += ["--rag-pt", rel(ragpt / "merged")]
+        models += ["--rag-pt", rel(ragpt)]
+        notes = ["Stage B settings tried, chosen on val (" + ", ".join(
+            f"lr {t['lr']} beta {t['beta']}: retrieved {t['val']['retrieved']['all']['accuracy']:.3f} "
+            f"(yes/no {t['val']['retrieved'].get('yes_no', {}).get('accuracy', float('nan')):.3f}), gold "
+            f"{t['val']['gold']['all']['accuracy']:.3f}" + (" **chosen**" if t.get("chosen") else "")
+            for t in grid_report) + f"; n={grid_report[0]['val']['retrieved']['all']['n']} val questions)"]
+        (work / "stage_b_grid.json").write_text(json.dumps(grid_report, indent=1), encoding="utf-8")
     name = f"{args.name}-quick" if quick else args.name
     run("evaluation", ["eval", "qa", "--base", ALIGNED, *models, "--added-index", rel(added),
                        "--questions", "6" if quick else str(args.eval_questions), "--generate",
                        str(min(args.generate, 2 if quick else args.generate)), "--steps", rel(steps_file),
-                       "--out", args.out, "--name", name], steps)
+                       "--out", args.out, "--name", name, *[a for n in notes for a in ("--note", n)]], steps)
     print(f"\nwhole experiment: {sum(s['seconds'] for s in steps) / 60:.1f} min", flush=True)
     return 0
 

@@ -9,6 +9,10 @@ A thin layer over TRL's DPOTrainer. Three things are ours:
   their pixel rows line up one for one, for fixed-size and patch-based processors alike.
 * The reference model is the same network with the adapter switched off (TRL does this for a PEFT
   model), so the run holds one copy of the weights.
+* An SFT anchor: the negative log-likelihood of the chosen answer is added to the DPO loss with
+  weight `sft_weight` (TRL's `loss_type=["sigmoid", "sft"]`, the RPO objective of Pang et al., 2024).
+  DPO alone can raise the margin by pushing both answers down; on a model that already answers
+  (Stage A) the anchor keeps the right answer likely while the wrong one is pushed away.
 * `compact_log_probs`: TRL's fused LM head scores only the answer tokens on CUDA/XPU, but on the CPU
   it scores every position of the prompt too (to keep tile shapes fixed for compiled backends). Our
   prompts are ~300 tokens of evidence for a ~5-token answer, so that is most of the head's work and
@@ -21,6 +25,7 @@ Runs on one CPU, one GPU, or several under `accelerate launch -m rag.cli finetun
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +39,7 @@ from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from finetune.lora import TuneSettings, check_targets, lora_config, resume_point, run_info, save_results, training_arguments
 from finetune.pairs import load_pairs
+from rag.scoring import RULE_FILE
 
 
 class EvidencePreferenceCollator(DataCollatorForVisionPreference):
@@ -90,8 +96,10 @@ def train_dpo(base: str | Path, pairs: str | Path, out: str | Path, settings: Tu
         raise ValueError(f"{pairs} holds no preference pairs")
     model, processor = load_vlm(base, device)
     check_targets(model, settings)
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, settings.sft_weight]} if settings.sft_weight \
+        else {"loss_type": ["sigmoid"]}
     args = DPOConfig(**training_arguments(settings, out), beta=settings.beta, remove_unused_columns=True,
-                     precompute_ref_log_probs=False)
+                     precompute_ref_log_probs=False, **losses)
     trainer = EvidenceDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                                  peft_config=lora_config(settings),
                                  data_collator=EvidencePreferenceCollator(processor=processor,
@@ -100,5 +108,9 @@ def train_dpo(base: str | Path, pairs: str | Path, out: str | Path, settings: Tu
         trainer.train(resume_from_checkpoint=resume_point(out, resume))
     info = run_info("RAG-PT (DPO, LoRA)", str(base), str(pairs), len(dataset), settings, started)
     info["pair_types"] = dict(sorted(Counter(dataset["pair_type"]).items()))
-    return save_results(trainer, processor, out, info)
+    result = save_results(trainer, processor, out, info)
+    rule = Path(base) / RULE_FILE
+    if "merged" in result and rule.is_file():   # the tuned model answers under the rule chosen for its base
+        shutil.copy2(rule, Path(result["merged"]) / RULE_FILE)
+    return result
 

@@ -38,6 +38,7 @@ class TuneSettings:
     batch_size: int = 4
     grad_accum: int = 1
     beta: float = 0.1                 # DPO only: strength of the pull towards the reference
+    sft_weight: float = 1.0           # DPO only: weight of the SFT anchor on the chosen answer (0: none)
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -73,6 +74,9 @@ class TuneSettings:
         re.compile(settings.lora_targets)  # a bad pattern fails here, not deep inside PEFT
         if settings.learning_rate <= 0 or settings.batch_size < 1 or settings.lora_rank < 1:
             raise ValueError("learning_rate must be > 0, batch_size and lora_rank >= 1")
+        if settings.beta <= 0 or settings.sft_weight < 0:
+            raise ValueError(f"beta must be > 0 and sft_weight >= 0, got beta={settings.beta}, "
+                             f"sft_weight={settings.sft_weight}")
         return settings
 
 

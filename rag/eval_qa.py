@@ -274,6 +274,31 @@ def targets(outcomes: Sequence[Outcome], summary: dict[str, Any]) -> list[dict[s
                      "measured": round(100 * diff["difference"], 1), "ci95": [round(100 * v, 1) for v in diff["ci95"]],
                      "n": diff["n"], "clusters": diff["clusters"], "mcnemar_p": diff["mcnemar_p"],
                      "met": 100 * diff["difference"] >= points and low >= floor if points else low > 0})
+    for split in [s for s in ("test", "added") if "stage_ab+rag" in summary.get(s, {})]:
+        rows += stage_b_targets(summary[split], paired(outcomes, "stage_ab+rag", "stage_a+rag", split), split)
+    return rows
+
+
+def stage_b_targets(split_summary: dict[str, Any], diff: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    """Stage B against Stage A, both with retrieval: over-reliance at least halved with accuracy not
+    lower (the upper bound of B's over-reliance under half A's rate, the accuracy difference's lower
+    bound above -5 points), and no answer collapse (the whole interval of B's yes rate within 10 points
+    of the gold yes rate)."""
+    a, b = split_summary["stage_a+rag"]["overall"], split_summary["stage_ab+rag"]["overall"]
+    rows = []
+    reliance_a, reliance_b = a["over_reliance_rate"], b["over_reliance_rate"]
+    if reliance_a["n"] and reliance_b["n"]:
+        half = reliance_a["value"] / 2
+        rows.append({"target": "stage_ab+rag over-reliance", "split": split,
+                     "needed": f"≤ half of stage_a+rag's {reliance_a['value']:.3f}, accuracy not lower",
+                     "measured": reliance_b["value"], "ci95": reliance_b["ci95"], "n": reliance_b["n"],
+                     "met": reliance_b["ci95"][1] <= half and diff["n"] > 0 and diff["ci95"][0] > -0.05})
+    yes, gold = b["yes_rate"], b["gold_yes_rate"]
+    if yes["n"]:
+        rows.append({"target": "stage_ab+rag yes rate", "split": split,
+                     "needed": f"within 10 points of the gold rate {gold['value']:.3f}",
+                     "measured": yes["value"], "ci95": yes["ci95"], "n": yes["n"],
+                     "met": gold["value"] - 0.10 <= yes["ci95"][0] and yes["ci95"][1] <= gold["value"] + 0.10})
     return rows
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from finetune.lora import LM_LORA_TARGETS, TuneSettings
-from finetune.pairs import pair_kinds
+from finetune.pairs import Outcome, balance_pairs, pair_kinds, type_cap
 from rag.cli import main
 from rag.corpus import read_qa
 
@@ -37,13 +37,41 @@ def dpo_dir(pairs_dir, tiny_vlm_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_pair_kinds_follow_the_three_conditions():
-    for right_with, right_without, right_replaced in itertools.product([True, False], [True, False],
-                                                                       [True, False, None]):
-        kinds = pair_kinds(right_with, right_without, right_replaced)
-        assert ("cross_modality" in kinds) == (right_with and right_replaced is True)
-        assert ("helpful_evidence" in kinds) == (right_with and not right_without)
-        assert ("harmful_evidence" in kinds) == (right_without and not right_with)
+def _outcome(trace: dict) -> Outcome:
+    wrong = trace["wrong_evidence_answer"]
+    return Outcome(trace["with_retrieval"] == trace["answer"], trace["without_retrieval"] == trace["answer"],
+                   trace["right_with_replaced_image"], None if wrong is None else wrong == trace["answer"],
+                   trace["gold_in_evidence"])
+
+
+def test_pair_kinds_follow_the_conditions():
+    for with_, without, replaced, wrong, gold in itertools.product([True, False], [True, False], [True, False, None],
+                                                                   [True, False, None], [True, False]):
+        kinds = pair_kinds(Outcome(with_, without, replaced, wrong, gold))
+        assert ("cross_modality" in kinds) == (with_ and replaced is True)
+        assert ("helpful_evidence" in kinds) == (with_ and not without)
+        assert ("harmful_evidence" in kinds) == (without and not with_)
+        assert ("misread_evidence" in kinds) == (gold and not with_ and not without)
+        assert ("wrong_evidence" in kinds) == (without and wrong is False)
+
+
+def _pair(kind: str, chosen: str, rejected: str, yes_no: bool = True) -> dict:
+    return {"pair_type": kind, "chosen": [{"content": chosen}], "rejected": [{"content": rejected}],
+            "chosen_answer": chosen, "kind": "yes_no" if yes_no else "multiple_choice"}
+
+
+def test_balancing_drops_identical_pairs_balances_yes_no_and_caps_each_type():
+    rows = ([_pair("helpful_evidence", "no", "yes")] * 30 + [_pair("helpful_evidence", "yes", "no")] * 10
+            + [_pair("harmful_evidence", "cold", "warm", yes_no=False)] * 8
+            + [_pair("wrong_evidence", "A", "B", yes_no=False)] * 6 + [_pair("cross_modality", "cold", "cold")] * 9)
+    kept = balance_pairs(rows, max_type_share=0.4)
+    kinds = [r["pair_type"] for r in kept]
+    assert "cross_modality" not in kinds                      # chosen == rejected: never kept
+    helpful = [r["chosen_answer"] for r in kept if r["pair_type"] == "helpful_evidence"]
+    assert helpful.count("yes") == helpful.count("no") > 0    # as often "yes" as "no" is chosen
+    assert all(kinds.count(k) <= 0.4 * len(kept) for k in set(kinds))
+    assert kinds.count("wrong_evidence") == 6                 # the smallest type is not cut
+    assert type_cap([10, 1], 0.4) == 1 and type_cap([5, 5, 5], 0.4) == 5 and type_cap([], 0.4) == 0
 
 
 def test_each_pair_exists_exactly_when_its_condition_held(pairs_dir, small_index, small_corpus, tiny_vlm_dir,
@@ -51,31 +79,37 @@ def test_each_pair_exists_exactly_when_its_condition_held(pairs_dir, small_index
     from finetune.pairs import load_pairs
     from rag.generator import create_generator
     from rag.pipeline import MedRAG
+    from rag.qa_inputs import is_held_out
     from rag.retriever import Retriever
 
     traces = [json.loads(line) for line in (pairs_dir / "answers.jsonl").read_text().splitlines()]
     summary = json.loads((pairs_dir / "pairs.json").read_text())
     dataset = load_pairs(pairs_dir)
     rows = [dataset[i] for i in range(len(dataset))]
-    assert len(traces) == summary["questions"] == 16
+    items = {q.id: q for q in read_qa(small_corpus / "qa.jsonl")}
+    assert len(traces) == summary["questions"] and 0 < len(traces) <= 16
+    assert not [t for t in traces if is_held_out(items[t["qa_id"]])]
     assert sum(summary["counts"].values()) == len(rows)
     by_id = {}
     for row in rows:
         by_id.setdefault(row["qa_id"], []).append(row)
     for trace in traces:
-        right_with, right_without = (trace["with_retrieval"] == trace["answer"],
-                                     trace["without_retrieval"] == trace["answer"])
-        expected = pair_kinds(right_with, right_without, trace["right_with_replaced_image"])
+        assert sorted(trace["pairs"]) == sorted(pair_kinds(_outcome(trace)))
         got = by_id.get(trace["qa_id"], [])
-        assert sorted(r["pair_type"] for r in got) == sorted(expected)
+        assert sorted(r["pair_type"] for r in got) == trace["kept"] and set(trace["kept"]) <= set(trace["pairs"])
         for row in got:
-            assert row["chosen"][0]["content"] == trace["answer"]
-            rejected = trace["without_retrieval"] if row["pair_type"] == "helpful_evidence" else trace["with_retrieval"]
-            assert row["rejected"][0]["content"] == rejected
+            chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+            assert chosen != rejected and chosen.startswith(trace["answer"])
+            expected = {"helpful_evidence": trace["without_retrieval"], "wrong_evidence": trace["wrong_evidence_answer"],
+                        "cross_modality": None}.get(row["pair_type"], trace["with_retrieval"])
+            if expected is not None:
+                assert rejected.startswith(expected)
+            assert rejected.removeprefix(rejected.split(" [")[0]) == chosen.removeprefix(trace["answer"])
             # the prompt carries exactly the evidence that test-time selection kept
-            assert row["n_evidence"] == len(trace["evidence"])
+            evidence = trace["wrong_evidence"] if row["pair_type"] == "wrong_evidence" else trace["evidence"]
+            assert row["n_evidence"] == len(evidence)
             assert [f"\n[{n}] " in row["prompt"][1]["content"] for n in range(1, 12)] == \
-                [n <= len(trace["evidence"]) for n in range(1, 12)]
+                [n <= len(evidence) for n in range(1, 12)]
             if row["pair_type"] == "cross_modality":
                 assert row["images"] and row["rejected_images"]
                 assert row["rejected_images"][0].tobytes() != row["images"][0].tobytes()
@@ -84,7 +118,6 @@ def test_each_pair_exists_exactly_when_its_condition_held(pairs_dir, small_index
     # the "with retrieval" answers are what the answering pipeline itself gives (abstention off)
     text, image = encoders
     rag = MedRAG(Retriever.load(small_index, text, image), create_generator(str(tiny_vlm_dir)))
-    items = {q.id: q for q in read_qa(small_corpus / "qa.jsonl")}
     for trace in traces[:4]:
         item = items[trace["qa_id"]]
         answer = rag.ask(item.question, image=small_corpus / item.image if item.image else None,
@@ -159,7 +192,7 @@ def test_dpo_trains_only_lora_on_the_language_model_and_resumes(dpo_dir, tiny_vl
     # the vision tower (BatchNorm running statistics included) and the projector are untouched
     assert not [k for k in changed if "vision_tower" in k or "projector" in k]
     log = json.loads((dpo_dir / "adapter" / "train_log.json").read_text())
-    assert log["steps"] == 2 and log["settings"]["beta"] == 0.2
+    assert log["steps"] == 2 and log["settings"]["beta"] == 0.2 and log["settings"]["sft_weight"] == 1.0
     assert (dpo_dir / "train_loss.png").is_file()
 
     # resume: one more step from the last checkpoint
@@ -181,6 +214,8 @@ def test_settings_file_then_flags(tmp_path):
     config.write_text("beta: 0.3\nlearning_rate: 1.0e-5\nlora_rank: 8\n")
     settings = TuneSettings.load(config, lora_rank=4, beta=None)
     assert (settings.beta, settings.learning_rate, settings.lora_rank) == (0.3, 1e-5, 4)
+    with pytest.raises(ValueError, match="sft_weight"):
+        TuneSettings.load(sft_weight=-0.5)
     config.write_text("betta: 0.3\n")
     with pytest.raises(ValueError, match="betta"):
         TuneSettings.load(config)

@@ -136,16 +136,18 @@ def cmd_finetune_export(args: argparse.Namespace) -> int:
 # --- finetune pairs -------------------------------------------------------------------------------
 
 def _add_pairs(finetune: argparse._SubParsersAction) -> None:
-    p = finetune.add_parser("pairs", help="build RAG-PT preference pairs (cross-modality, helpful and harmful "
-                            "evidence) by running the VLM on the train split")
+    p = finetune.add_parser("pairs", help="build RAG-PT preference pairs (cross-modality, helpful, harmful, "
+                            "misread and wrong evidence) by running the VLM on the train split")
     p.add_argument("--index", default=str(SAMPLE_INDEX))
     p.add_argument("--qa", default=str(SAMPLE_QA), help="QA JSONL (image paths relative to it)")
     p.add_argument("--generator", help="VLM to run (default: the default VLM with its shipped Stage A weights)")
     p.add_argument("--split", default="train")
     p.add_argument("--questions", type=int, default=0, help="questions to run, stratified by domain (0: all)")
     p.add_argument("-k", type=int, help="fixed evidence count (default: adaptive selection, as at test time)")
-    p.add_argument("--replacement", default="mixed", choices=["noise", "other-domain", "mixed"],
-                   help="what replaces the image for cross-modality pairs")
+    p.add_argument("--replacement", default="other-domain", choices=["noise", "other-domain", "mixed"],
+                   help="what replaces the image for cross-modality pairs (default: %(default)s, a real image)")
+    p.add_argument("--max-type-share", type=float, default=0.4,
+                   help="no pair type is more than this share of the pairs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(PAIRS_DIR), help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true")
@@ -157,7 +159,10 @@ def cmd_finetune_pairs(args: argparse.Namespace) -> int:
     from rag.pipeline import MedRAG
     from rag.qa_inputs import closed_questions
 
-    settings = PairSettings(n_questions=args.questions, k=args.k, replacement=args.replacement, seed=args.seed)
+    if not 0 < args.max_type_share <= 1:
+        raise ValueError(f"--max-type-share must be in (0, 1], got {args.max_type_share}")
+    settings = PairSettings(n_questions=args.questions, k=args.k, replacement=args.replacement,
+                            max_type_share=args.max_type_share, seed=args.seed)
     items = closed_questions(args.qa, [args.split], args.questions, args.seed)
     rag = MedRAG.load(args.index, generator=resolve_generator_name(args.generator))
     rows, summary, traces = build_pairs(rag, items, Path(args.qa).parent, settings, progress=not args.json)
@@ -168,9 +173,11 @@ def cmd_finetune_pairs(args: argparse.Namespace) -> int:
         print(f"{len(rows)} preference pairs from {summary.questions} {args.split} questions "
               f"({summary.image_questions} with an image) in {summary.seconds:.0f} s -> {out}")
         for kind, count in summary.counts.items():
-            print(f"  {kind:<18} {count}")
+            print(f"  {kind:<18} {count} kept of {summary.found[kind]} found")
+        print(f"  yes/no pairs by chosen answer {summary.chosen_yes_no}")
         print(f"  accuracy with retrieval {summary.accuracy_with_retrieval:.3f}, without "
-              f"{summary.accuracy_without_retrieval:.3f}; evidence items per prompt {summary.evidence_items}")
+              f"{summary.accuracy_without_retrieval:.3f}, over wrong evidence {summary.accuracy_wrong_evidence:.3f}; "
+              f"evidence items per prompt {summary.evidence_items}")
     return 0
 
 
@@ -225,6 +232,8 @@ def _training_flags(p: argparse.ArgumentParser, dpo: bool) -> None:
     p.add_argument("--config", help="YAML/JSON file of training settings (flags override it)")
     if dpo:
         p.add_argument("--beta", type=float, help="DPO beta (default 0.1)")
+        p.add_argument("--sft-weight", type=float, help="weight of the SFT anchor (NLL of the chosen answer) "
+                       "beside the DPO loss; 0 turns it off (default 1)")
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4)")
     p.add_argument("--epochs", type=float, help="epochs (default 1)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -247,7 +256,8 @@ def _tune_settings(args: argparse.Namespace) -> TuneSettings:
     return TuneSettings.load(args.config, learning_rate=args.lr, epochs=args.epochs, max_steps=args.max_steps,
                              batch_size=args.batch_size, grad_accum=args.grad_accum, lora_rank=args.lora_rank,
                              lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, save_steps=args.save_steps,
-                             seed=args.seed, beta=getattr(args, "beta", None))
+                             seed=args.seed, beta=getattr(args, "beta", None),
+                             sft_weight=getattr(args, "sft_weight", None))
 
 
 def _report_tuning(result: dict[str, Any], as_json: bool) -> int:
