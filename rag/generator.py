@@ -101,34 +101,44 @@ class Generator:
         return Generation(text=text, new_tokens=int(new.numel()), seconds=time.perf_counter() - start)
 
     @torch.inference_mode()
-    def option_logprobs(self, prompt: Prompt, options: list[str]) -> list[OptionLogProb]:
-        """The summed log-probability of each option's tokens as the answer's continuation.
+    def option_logprobs(self, prompt: Prompt, options: list[str], cite: int = 0) -> list[OptionLogProb]:
+        """The summed log-probability of each option's tokens as the answer's continuation, and with
+        `cite` > 0 the log-probability of each evidence number 1..cite written after it as " [n".
 
         The prompt is run once; its KV cache is then repeated once per option and all options are
         continued in one batch (right-padded, so padding never precedes a real token), so k options
-        cost one long forward plus one short batched one. Recent results are remembered: calibrated
-        rules score the same baseline prompt for many questions (the content-free prompt depends on
-        the options only), and an evaluation asks the evidence-free prompt both as a system and as
-        the PMI baseline of the others."""
+        cost one long forward plus one short batched one; reading the citation adds the " [" tokens
+        to each row of that batch, not a pass. Recent results are remembered: calibrated rules score
+        the same baseline prompt for many questions (the content-free prompt depends on the options
+        only), and an evaluation asks the evidence-free prompt both as a system and as the PMI
+        baseline of the others."""
         if not options:
             raise ValueError("scoring needs at least one option")
-        key = (self.prompt_text(prompt), tuple(options),
+        key = (self.prompt_text(prompt), tuple(options), cite,
                tuple(hashlib.sha1(image.tobytes()).hexdigest() + str(image.size) for image in prompt.images))
         with self._lock:
             if key in self._recent:
                 return self._recent[key]
-        scored = self._option_logprobs(prompt, options)
+        scored = self._option_logprobs(prompt, options, cite)
         with self._lock:
             self._recent[key] = scored
             if len(self._recent) > RECENT_PROMPTS:
                 self._recent.pop(next(iter(self._recent)))
         return scored
 
-    def _option_logprobs(self, prompt: Prompt, options: list[str]) -> list[OptionLogProb]:
+    def _citation_tokens(self, cite: int) -> tuple[list[int], list[int]]:
+        """The " [" tokens that open a citation and the token of each number 1..cite that is one token
+        (1..9 for every tokenizer here; a number of several tokens cannot be read off one position)."""
+        opener = self.tokenizer(" [", add_special_tokens=False)["input_ids"]
+        numbers = [self.tokenizer(str(n), add_special_tokens=False)["input_ids"] for n in range(1, cite + 1)]
+        return opener, [ids[0] for ids in numbers if len(ids) == 1]
+
+    def _option_logprobs(self, prompt: Prompt, options: list[str], cite: int) -> list[OptionLogProb]:
         ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
         for option, tokens in zip(options, ids):
             if not tokens:
                 raise ValueError(f"option {option!r} is empty after tokenisation")
+        opener, numbers = self._citation_tokens(cite) if cite else ([], [])
         inputs = self.encode(prompt)
         with self._lock:
             positions = self._prompt_positions(inputs)
@@ -138,21 +148,30 @@ class Generator:
             prefill = self.model(**inputs, **extra, use_cache=True)
             first = torch.log_softmax(prefill.logits[0, -1].float(), -1)
             totals = [first[tokens[0]].item() for tokens in ids]
-            longest = max(len(tokens) for tokens in ids)
-            if longest > 1:
-                self._continue_options(inputs, positions, cache_of(prefill), ids, longest, totals)
-        return [OptionLogProb(total, len(tokens)) for total, tokens in zip(totals, ids)]
+            citations: list[tuple[float, ...]] = [()] * len(ids)
+            if numbers or max(len(tokens) for tokens in ids) > 1:
+                # each row: the option's tokens, then " [" when a citation is read; token j predicts j + 1
+                rows = [tokens + opener if numbers else tokens[:-1] for tokens in ids]
+                logp = self._continue_options(inputs, positions, cache_of(prefill), rows)
+                for row, tokens in enumerate(ids):
+                    if len(tokens) > 1:
+                        target = torch.tensor(tokens[1:], device=self.device)
+                        totals[row] += logp[row, :len(tokens) - 1].gather(1, target[:, None]).sum().item()
+                    if numbers:
+                        citations[row] = tuple(logp[row, len(rows[row]) - 1, numbers].tolist())
+        return [OptionLogProb(total, len(tokens), citation) for total, tokens, citation in zip(totals, ids, citations)]
 
     def _continue_options(self, inputs: dict[str, torch.Tensor], positions: torch.Tensor | None, cache: Any,
-                          ids: list[list[int]], longest: int, totals: list[float]) -> None:
-        """Add to `totals` the log-probabilities of every option token after the first, in one batch."""
-        k, width = len(ids), longest - 1
+                          rows: list[list[int]]) -> torch.Tensor:
+        """Feed every row after the prompt in one batch; the log-probabilities at each fed position."""
+        k, width = len(rows), max(1, max(len(r) for r in rows))
+        prompt_len = inputs["input_ids"].shape[1]
         feed = torch.full((k, width), self.tokenizer.pad_token_id or 0, dtype=torch.long, device=self.device)
-        mask = torch.zeros(k, inputs["input_ids"].shape[1] + width, dtype=torch.long, device=self.device)
-        mask[:, :inputs["input_ids"].shape[1]] = inputs["attention_mask"][0]
-        for row, tokens in enumerate(ids):  # token j predicts token j + 1, so the last one is not fed
-            feed[row, :len(tokens) - 1] = torch.tensor(tokens[:-1], device=self.device)
-            mask[row, inputs["input_ids"].shape[1]:inputs["input_ids"].shape[1] + len(tokens) - 1] = 1
+        mask = torch.zeros(k, prompt_len + width, dtype=torch.long, device=self.device)
+        mask[:, :prompt_len] = inputs["attention_mask"][0]
+        for row, tokens in enumerate(rows):
+            feed[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=self.device)
+            mask[row, prompt_len:prompt_len + len(tokens)] = 1
         cache.batch_repeat_interleave(k)
         continued: dict[str, Any] = {cache_argument(self.model): cache}
         if positions is not None:  # the options follow the prompt's last position, as in generate
@@ -160,20 +179,18 @@ class Generator:
             last = positions[..., -1:] + step.view(*[1] * (positions.dim() - 1), -1)
             continued["position_ids"] = last.expand(*positions.shape[:-2], k, width)
         out = self.model(input_ids=feed, attention_mask=mask, **continued, use_cache=True)
-        logp = torch.log_softmax(out.logits.float(), -1)
-        for row, tokens in enumerate(ids):
-            if len(tokens) > 1:
-                target = torch.tensor(tokens[1:], device=self.device)
-                totals[row] += logp[row, :len(tokens) - 1].gather(1, target[:, None]).sum().item()
+        return torch.log_softmax(out.logits.float(), -1)
 
     def score_options(self, prompt: Prompt, options: list[str], rule: str | None = None,
-                      baseline: Prompt | None = None) -> list[float]:
+                      baseline: Prompt | None = None, cite: int = 0) -> list[float]:
         """One score per option under a scoring rule (`rag.scoring`; default: this model's chosen rule).
 
         Rules that calibrate ("calibrated", "pmi") subtract each option's log-probability under
-        `baseline`, the content-free or evidence-free prompt that `rag.scoring.baseline_prompt` builds."""
+        `baseline`, the content-free or evidence-free prompt that `rag.scoring.baseline_prompt` builds.
+        `cite`: the prompt's evidence count, so that `option_logprobs(prompt, options, cite)` then
+        gives the citations from memory."""
         rule = rule or self.scoring_rule
-        main = self.option_logprobs(prompt, options)
+        main = self.option_logprobs(prompt, options, cite)
         reference = self.option_logprobs(baseline, options) if baseline is not None else None
         return combine(rule, main, reference)
 

@@ -15,6 +15,7 @@ can tell the two apart).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,18 +187,20 @@ class MedRAG:
         items = [EvidenceText(e.number, e.title, e.snippet) for e in evidence]
         prompt = build_prompt(question, items, picture, options)
         t = time.perf_counter()
-        chosen, scores = None, None
+        chosen, scores, text_citation = None, None, ""
         if mode == "options":
             rule = generator.scoring_rule
             scores = generator.score_options(prompt, options, rule,
-                                             baseline_prompt(rule, question, items, picture, options))
+                                             baseline_prompt(rule, question, items, picture, options), cite=len(items))
             chosen = max(range(len(options)), key=lambda i: scores[i])
             text = options[chosen]
+            text_citation = self._model_citation(generator.option_logprobs(prompt, options, len(items))[chosen].citation)
         else:
             text = generator.generate(prompt, max_new_tokens).text
             chosen = match_option(text, options) if options else None
+            text_citation = text
         timings["generate"] = time.perf_counter() - t
-        citations = self._cite(text if chosen is None else options[chosen], text, evidence, context.kept)
+        citations = self._cite(text if chosen is None else options[chosen], text_citation, evidence, context.kept)
         if citations and mode == "options":
             text = f"{text} " + "".join(f"[{c.number}]" for c in citations)
         timings["total"] = sum(timings.values())
@@ -210,6 +213,15 @@ class MedRAG:
         image = str(hit.doc.images[0]) if hit.doc.images else None
         return Evidence(number, hit.doc.id, hit.doc.title, hit.doc.domain, hit.score, image,
                         snippet(hit.doc.text, query))
+
+    @staticmethod
+    def _model_citation(citation: tuple[float, ...]) -> str:
+        """The citation the model would write after its chosen option, as text ("[2]"), when it puts
+        more than half its probability on one evidence number after " ["; else nothing."""
+        if not citation:
+            return ""
+        best = max(range(len(citation)), key=citation.__getitem__)
+        return f"[{best + 1}]" if math.exp(citation[best]) > 0.5 else ""
 
     @staticmethod
     def _cite(answer: str, generated: str, evidence: list[Evidence], kept: list[Hit]) -> list[Citation]:

@@ -37,6 +37,9 @@ CONTENT_FREE = "N/A"
 class OptionLogProb:
     total: float      # summed log-probability of the option's tokens after the prompt
     tokens: int
+    # log-probability of each evidence number 1..n as the citation written after the option,
+    # "<option> [n": how the model itself would cite this answer (empty unless asked for)
+    citation: tuple[float, ...] = ()
 
 
 def check_rule(rule: str) -> str:

@@ -233,27 +233,42 @@ def text_prompt() -> Prompt:
     return build_prompt("Which finding is most likely?", [], None, OPTIONS)
 
 
-def reference_scores(gen: Generator, prompt: Prompt, options: list[str]) -> list[float]:
-    """Mean log-probability of each option's tokens from one plain forward of prompt + option, no cache."""
+def _continuation_logp(gen: Generator, prompt: Prompt, continuation: list[int]) -> torch.Tensor:
+    """Log-probabilities at each continuation position (the row predicting the token after it) from
+    one plain forward of prompt + continuation, no cache."""
     text = gen.processor.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
     kwargs = {"text": [text], "return_tensors": "pt"}
     if prompt.images:
         kwargs["images"] = [prompt.images]
     inputs = dict(gen.processor(**kwargs))
     n_prompt = inputs["input_ids"].shape[1]
+    ids = torch.tensor([continuation])
+    full = dict(inputs)
+    full["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
+    full["attention_mask"] = torch.ones_like(full["input_ids"])
+    if "mm_token_type_ids" in inputs:  # the continuation is text
+        full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
+    with torch.no_grad():
+        logits = gen.model(**full, use_cache=False).logits[0].float()
+    return torch.log_softmax(logits[n_prompt - 1:], -1)
+
+
+def reference_scores(gen: Generator, prompt: Prompt, options: list[str]) -> list[float]:
+    """Mean log-probability of each option's tokens from one plain forward of prompt + option."""
     scores = []
     for option in options:
-        ids = torch.tensor([gen.tokenizer.encode(option, add_special_tokens=False)])
-        full = dict(inputs)
-        full["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
-        full["attention_mask"] = torch.ones_like(full["input_ids"])
-        if "mm_token_type_ids" in inputs:  # the option is text
-            full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
-        with torch.no_grad():
-            logits = gen.model(**full, use_cache=False).logits[0].float()
-        logp = torch.log_softmax(logits[n_prompt - 1:-1], -1).gather(1, ids[0, :, None])
+        ids = gen.tokenizer.encode(option, add_special_tokens=False)
+        logp = _continuation_logp(gen, prompt, ids)[:-1].gather(1, torch.tensor(ids)[:, None])
         scores.append(logp.mean().item())
     return scores
+
+
+def reference_citations(gen: Generator, prompt: Prompt, options: list[str], n: int) -> list[list[float]]:
+    """Log-probability of each number 1..n after "<option> [", from one plain forward each."""
+    opener = gen.tokenizer.encode(" [", add_special_tokens=False)
+    numbers = [gen.tokenizer.encode(str(i), add_special_tokens=False)[0] for i in range(1, n + 1)]
+    return [_continuation_logp(gen, prompt, gen.tokenizer.encode(o, add_special_tokens=False) + opener)[-1, numbers]
+            .tolist() for o in options]
 
 
 # --- tests ------------------------------------------------------------------------------------------
@@ -289,6 +304,19 @@ def test_score_options_matches_full_forward(generator: Generator):
         assert all(isinstance(s, float) and math.isfinite(s) and s < 0 for s in scores)
         expected = reference_scores(generator, prompt, OPTIONS)
         assert scores == pytest.approx(expected, abs=1e-4), (scores, expected)
+
+
+def test_citation_after_each_option_matches_full_forward(generator: Generator):
+    """The evidence number the model would write after each option, read in the same batch as the options."""
+    for prompt in (image_prompt(), text_prompt()):
+        scored = generator.option_logprobs(prompt, OPTIONS, cite=3)
+        expected = reference_citations(generator, prompt, OPTIONS, 3)
+        for option, want in zip(scored, expected):
+            assert len(option.citation) == 3
+            assert list(option.citation) == pytest.approx(want, abs=1e-4)
+        # asking for the citation leaves the options' own scores as they were
+        assert [o.total for o in scored] == pytest.approx([o.total for o in generator.option_logprobs(prompt, OPTIONS)],
+                                                          abs=1e-4)
 
 
 def test_image_block_without_image_is_rejected(generator: Generator):

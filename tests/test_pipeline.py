@@ -76,6 +76,46 @@ def test_generated_answer_is_matched_to_an_option_and_cited(rag, questions):
         assert all(f"[{c.number}]" in answer.text for c in answer.citations)
 
 
+def test_the_models_citation_is_kept_only_when_it_is_sure():
+    import math
+
+    from rag.pipeline import MedRAG
+
+    assert MedRAG._model_citation((math.log(0.1), math.log(0.7), math.log(0.1))) == "[2]"
+    assert MedRAG._model_citation((math.log(0.45), math.log(0.4))) == ""     # no number above one half
+    assert MedRAG._model_citation(()) == ""
+
+
+@pytest.mark.slow
+def test_closed_answers_carry_the_models_own_citation(rag, small_corpus):
+    """The shipped reader was taught to end an answer with " [n]"; in scoring mode that number is read
+    after the chosen option in the scoring batch, so the citation is the model's own: the number it
+    puts most probability on, kept when that is over one half. (Where it points is measured by the
+    factuality report's model-cited column: Stage A, trained on prompts whose answer item was almost
+    always [1], cites [1] wherever the item stands.)"""
+    import math
+
+    from rag.generator import create_generator
+    from rag.pipeline import MedRAG
+    from rag.prompt import EvidenceText, build_prompt
+    from rag.vlm import DEFAULT_VLM
+
+    reader = MedRAG(rag.retriever, create_generator(DEFAULT_VLM))
+    items = [q for q in read_qa(small_corpus / "qa.jsonl") if q.options and not q.image][:4]
+    for item in items:
+        context = reader.gather(item.question, None, item.options, k=3)
+        answer = reader.respond(item.question, None, item.options, context, mode="options")
+        prompt = build_prompt(item.question, [EvidenceText(e.number, e.title, e.snippet) for e in context.evidence],
+                              None, item.options)
+        citation = reader.generator.option_logprobs(prompt, item.options, len(context.evidence))[answer.option].citation
+        assert len(citation) == len(context.evidence) and math.fsum(math.exp(c) for c in citation) <= 1 + 1e-6
+        best = max(range(len(citation)), key=citation.__getitem__)
+        model = [c for c in answer.citations if c.how == "model"]
+        assert bool(model) == (math.exp(citation[best]) > 0.5)
+        if model:
+            assert [c.number for c in model] == [best + 1] and answer.text.endswith(f"[{best + 1}]")
+
+
 def test_fixed_k_and_no_retrieval(rag, questions):
     _, _, item = questions
     three = rag.ask(item.question, options=item.options, k=3)
