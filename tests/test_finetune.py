@@ -16,7 +16,7 @@ from finetune.pairs import Outcome, balance_pairs, pair_kinds, type_cap
 from rag.cli import main
 from rag.corpus import read_qa
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # pairs and training on a tiny VLM
 
 TRAIN_FLAGS = ["--max-steps", "2", "--batch-size", "2", "--lr", "5e-3", "--lora-rank", "4", "--save-steps", "1"]
 
