@@ -69,7 +69,9 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return round((centre - half) / (1 + z * z / n), 3), round((centre + half) / (1 + z * z / n), 3)
 
 
-def summarise(ranks: list[int | None], latencies: list[float] | None = None) -> dict[str, Any]:
+def summarise(ranks: list[int | None], latencies: list[float] | None = None,
+              stage_timings: list[dict[str, float]] | None = None) -> dict[str, Any]:
+    """Recall@k with Wilson intervals and MRR; with timings, latency p50/p95 and each stage's p50 (ms)."""
     n = len(ranks)
     out: dict[str, Any] = {"n": n}
     for k in KS:
@@ -80,6 +82,10 @@ def summarise(ranks: list[int | None], latencies: list[float] | None = None) -> 
     if latencies:
         out["latency_ms_p50"] = round(float(np.percentile(latencies, 50)) * 1000, 1)
         out["latency_ms_p95"] = round(float(np.percentile(latencies, 95)) * 1000, 1)
+    if stage_timings:
+        names = [s for s in stage_timings[0] if s != "total"]
+        out["stage_ms_p50"] = {s: round(float(np.percentile([t.get(s, 0.0) for t in stage_timings], 50)) * 1000, 2)
+                               for s in names}
     return out
 
 
@@ -108,6 +114,7 @@ def evaluate(systems: dict[str, Retriever], questions: list[QAItem], qa_dir: Pat
     `systems[baselines_from]`."""
     ranks: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     times: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    stages: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))  # where the time goes
     for name, retriever in systems.items():
         number_of = {d.id: n for n, d in retriever.bundle.docs.items()}
         first = questions[0]
@@ -116,16 +123,18 @@ def evaluate(systems: dict[str, Retriever], questions: list[QAItem], qa_dir: Pat
             image = qa_dir / item.image if item.image else None
             group = "image questions" if image else "text questions"
             started = time.perf_counter()
-            hits = retriever.retrieve(item.question or None, image=image, k=k).hits
+            result = retriever.retrieve(item.question or None, image=image, k=k)
             elapsed = time.perf_counter() - started
-            ranking = [h.doc_number for h in hits]
+            ranking = [h.doc_number for h in result.hits]
             gold = number_of.get(item.doc_id)
             for g in ("all", group):
                 ranks[name][g].append(ranking.index(gold) if gold in ranking else None)
                 times[name][g].append(elapsed)
+                stages[name][g].append(result.timings)
             if name == baselines_from:
                 _baseline_ranks(retriever, item, image, gold, group, ranks)
-    return {name: {g: summarise(r, times.get(name, {}).get(g)) for g, r in groups.items()}
+    return {name: {g: summarise(r, times.get(name, {}).get(g), stages.get(name, {}).get(g))
+                   for g, r in groups.items()}
             for name, groups in ranks.items()}
 
 
@@ -225,7 +234,8 @@ def run_medpix(work: Path, folds: int = 1) -> dict[str, Any]:
                                    baselines_from="system (uncalibrated)")
     out["channel_reliability"] = uncalibrated.bundle.manifest.channel_reliability
     out["abstention"] = uncalibrated.bundle.manifest.abstention
-    folds, out["fusion_calibrated"] = [], {}
+    fold_reports: list[dict[str, dict[str, Any]]] = []
+    out["fusion_calibrated"] = {}
     for calibrate_on, test_on in (("a", "b"), ("b", "a"))[:folds]:
         qa = corpus.parent / f"qa-{calibrate_on}.jsonl"
         write_jsonl(qa, [QAItem(**{**q.to_json(), "split": "val" if q.split == calibrate_on else "test"})
@@ -233,9 +243,9 @@ def run_medpix(work: Path, folds: int = 1) -> dict[str, Any]:
         build_index(corpus, work / f"medpix-idx-{calibrate_on}", qa=qa, progress=False)
         retriever = Retriever.load(work / f"medpix-idx-{calibrate_on}")
         out["fusion_calibrated"][calibrate_on] = retriever.bundle.manifest.fusion
-        folds.append(evaluate({"system (calibrated, cross-fitted)": retriever},
+        fold_reports.append(evaluate({"system (calibrated, cross-fitted)": retriever},
                               [q for q in questions if q.split == test_on], corpus.parent))
-    out["calibrated"] = _merge_folds(folds)
+    out["calibrated"] = _merge_folds(fold_reports)
     return out
 
 
@@ -259,14 +269,20 @@ def _merge_folds(folds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
 
 
 def table(report: dict[str, dict[str, Any]]) -> str:
-    lines = ["| system | group | n | R@1 [95% CI] | R@5 [95% CI] | R@10 | MRR | p50 ms |", "|---" * 8 + "|"]
+    lines = ["| system | group | n | R@1 [95% CI] | R@5 [95% CI] | R@10 | MRR | p50 ms | p95 ms | p50 ms per stage |",
+             "|---" * 10 + "|"]
     for system, groups in report.items():
         for group, m in groups.items():
             ci1, ci5 = m["recall@1_ci95"], m["recall@5_ci95"]
             lines.append(f"| {system} | {group} | {m['n']} | {m['recall@1']:.3f} [{ci1[0]:.2f}, {ci1[1]:.2f}] | "
                          f"{m['recall@5']:.3f} [{ci5[0]:.2f}, {ci5[1]:.2f}] | {m['recall@10']:.3f} | "
-                         f"{m['mrr']:.3f} | {m.get('latency_ms_p50', '')} |")
+                         f"{m['mrr']:.3f} | {m.get('latency_ms_p50', '')} | {m.get('latency_ms_p95', '')} | "
+                         f"{_stages(m.get('stage_ms_p50'))} |")
     return "\n".join(lines)
+
+
+def _stages(stage_ms: dict[str, float] | None) -> str:
+    return ", ".join(f"{name} {ms}" for name, ms in stage_ms.items()) if stage_ms else ""
 
 
 def _run_facts(run: dict[str, str]) -> list[str]:
