@@ -285,9 +285,22 @@ def _stages(stage_ms: dict[str, float] | None) -> str:
     return ", ".join(f"{name} {ms}" for name, ms in stage_ms.items()) if stage_ms else ""
 
 
-def _run_facts(run: dict[str, str]) -> list[str]:
+def _loaded(run: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`measure()`'s results with the run facts and the machine's load average before and after.
+
+    Latency and build time depend on what else the machine runs (on a shared 2-core machine a
+    training job doubles the encoders' time), so the report says how busy it was."""
+    before = round(os.getloadavg()[0], 2)
+    results = measure()
+    return {"run": {**run, "load_average_1min": [before, round(os.getloadavg()[0], 2)]}, **results}
+
+
+def _run_facts(run: dict[str, Any]) -> list[str]:
+    load = run.get("load_average_1min")
     return [f"- command: `{run['command']}`", f"- machine: {run['machine']}", f"- date: {run['date']}",
-            f"- git commit: {run['commit']}", ""]
+            f"- git commit: {run['commit']}",
+            *([f"- load average (1 min) before / after: {load[0]} / {load[1]}"]
+              if load else []), ""]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -324,13 +337,13 @@ def main() -> int:
            "date": now(), "commit": _commit()}
     with tempfile.TemporaryDirectory() as work:
         if args.dataset in ("sample", "all"):
-            results["sample"] = {"run": run, **run_sample(Path(work), Path(args.corpus_dir), args.limit)}
+            results["sample"] = _loaded(run, lambda: run_sample(Path(work), Path(args.corpus_dir), args.limit))
             print(table(results["sample"]["test"]), table(results["sample"]["added"]), sep="\n\n")
         if args.dataset in ("medpix", "all"):
             if not (REALDATA / "medpix2_test").is_dir():
                 print(f"skipping MedPix: {REALDATA / 'medpix2_test'} not found", file=sys.stderr)
             else:
-                results["medpix"] = {"run": run, **run_medpix(Path(work), args.folds)}
+                results["medpix"] = _loaded(run, lambda: run_medpix(Path(work), args.folds))
                 print(table(results["medpix"]["uncalibrated"]), table(results["medpix"]["calibrated"]), sep="\n\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     # A run of one dataset keeps the other's last results (read now, not at the start, so two runs of
