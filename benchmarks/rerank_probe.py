@@ -125,7 +125,8 @@ def markdown(report: dict[str, Any]) -> str:
         m = result["per_lambda"][result["best_lambda_on_test"]]
         sweep = " / ".join(f"{result['per_lambda'][str(lam)]['recall@1']:.3f}" for lam in LAMBDAS[1:])
         ci = m["recall@1_ci95"]
-        lines.append(f"| {feature} | {result['best_lambda_on_test']} | {m['recall@1']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}] | "
+        lines.append(f"| {feature} | {result['best_lambda_on_test']} | "
+                     f"{m['recall@1']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}] | "
                      f"{m['recall@5']:.3f} | {m['mrr']:.3f} | {sweep} |")
     return "\n".join(lines) + "\n"
 
