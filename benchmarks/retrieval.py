@@ -9,12 +9,13 @@ Writes benchmarks/results/retrieval.json and retrieval.md (command, machine, dat
 Every question is searched once per channel (`Retriever.search_channels`); the baselines are
 rankings made from those channel lists: each single channel, BM25 + dense text by RRF (k = 60), and
 RRF over every channel the query can use (the fusion before score-aware fusion). The system rows
-run the full query path (`Retriever.retrieve`: search, fuse, route) and are timed; the first query
-warms up. Recall comes with a 95% Wilson interval.
+run the full query path (`Retriever.retrieve`: search, fuse, route) and are timed, each stage too;
+the first text and the first image question warm up first, untimed. Recall comes with a 95% Wilson interval.
 
 Sample corpus: the test split on an index built without the QA file ("uncalibrated") and with it
-("calibrated"); then the `added` documents (corpus_added.jsonl) are added with `index add` to the
-calibrated index, and the added split's image and text questions are reported apart.
+("calibrated"); then the `added` documents (corpus_added.jsonl) are added with `index add` to both
+indexes, and the added split's image and text questions are reported apart, beside an index
+built over both corpora at once (the most that refitting the router and aligner at `index add` could give).
 
 MedPix (nothing is copied into the repository; everything is built in a temporary folder): one
 document per case (every section but the Findings, and the case's images except the first one of a
@@ -30,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +71,9 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return round((centre - half) / (1 + z * z / n), 3), round((centre + half) / (1 + z * z / n), 3)
 
 
-def summarise(ranks: list[int | None], latencies: list[float] | None = None) -> dict[str, Any]:
+def summarise(ranks: list[int | None], latencies: list[float] | None = None,
+              stage_timings: list[dict[str, float]] | None = None) -> dict[str, Any]:
+    """Recall@k with Wilson intervals and MRR; with timings, latency p50/p95 and each stage's p50 (ms)."""
     n = len(ranks)
     out: dict[str, Any] = {"n": n}
     for k in KS:
@@ -80,6 +84,10 @@ def summarise(ranks: list[int | None], latencies: list[float] | None = None) -> 
     if latencies:
         out["latency_ms_p50"] = round(float(np.percentile(latencies, 50)) * 1000, 1)
         out["latency_ms_p95"] = round(float(np.percentile(latencies, 95)) * 1000, 1)
+    if stage_timings:
+        names = [s for s in stage_timings[0] if s != "total"]
+        out["stage_ms_p50"] = {s: round(float(np.percentile([t.get(s, 0.0) for t in stage_timings], 50)) * 1000, 2)
+                               for s in names}
     return out
 
 
@@ -108,24 +116,29 @@ def evaluate(systems: dict[str, Retriever], questions: list[QAItem], qa_dir: Pat
     `systems[baselines_from]`."""
     ranks: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     times: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    stages: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))  # where the time goes
     for name, retriever in systems.items():
         number_of = {d.id: n for n, d in retriever.bundle.docs.items()}
-        first = questions[0]
-        retriever.retrieve(first.question or None, image=qa_dir / first.image if first.image else None, k=k)
+        # Warm up once per kind of query: the first text query builds BM25 lazily, the first image
+        # query runs the image encoder for the first time; neither belongs in a warm latency.
+        for first in {bool(q.image): q for q in reversed(questions)}.values():
+            retriever.retrieve(first.question or None, image=qa_dir / first.image if first.image else None, k=k)
         for item in questions:
             image = qa_dir / item.image if item.image else None
             group = "image questions" if image else "text questions"
             started = time.perf_counter()
-            hits = retriever.retrieve(item.question or None, image=image, k=k).hits
+            result = retriever.retrieve(item.question or None, image=image, k=k)
             elapsed = time.perf_counter() - started
-            ranking = [h.doc_number for h in hits]
+            ranking = [h.doc_number for h in result.hits]
             gold = number_of.get(item.doc_id)
             for g in ("all", group):
                 ranks[name][g].append(ranking.index(gold) if gold in ranking else None)
                 times[name][g].append(elapsed)
+                stages[name][g].append(result.timings)
             if name == baselines_from:
                 _baseline_ranks(retriever, item, image, gold, group, ranks)
-    return {name: {g: summarise(r, times.get(name, {}).get(g)) for g, r in groups.items()}
+    return {name: {g: summarise(r, times.get(name, {}).get(g), stages.get(name, {}).get(g))
+                   for g, r in groups.items()}
             for name, groups in ranks.items()}
 
 
@@ -174,9 +187,24 @@ def run_sample(work: Path, corpus_dir: Path, limit: int | None = None) -> dict[s
         add_documents(work / built, corpus_dir / "corpus_added.jsonl", progress=False)
         out.setdefault("add_seconds", {})[name] = round(time.perf_counter() - started, 1)
         grown[f"system after add ({name})"] = Retriever.load(work / built)
+    # What refitting the heads at `index add` could reach at most: one build over both corpora.
+    both = _joined_corpus(corpus_dir, work / "both")
+    out["build_seconds"]["corpus_and_added"] = timed_build(both, work / "sample-both", spec=spec)
+    grown["system rebuilt with the added documents (uncalibrated)"] = Retriever.load(work / "sample-both")
     added = _at_most([q for q in questions if q.split == "added"], limit)
     out["added"] = evaluate(grown, added, corpus_dir, baselines_from="system after add (uncalibrated)")
     return out
+
+
+def _joined_corpus(corpus_dir: Path, out: Path) -> Path:
+    """corpus.jsonl followed by corpus_added.jsonl, with the images beside them (a corpus's image paths
+    are relative to its own folder and may not leave it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(corpus_dir / "images", out / "images", dirs_exist_ok=True)
+    joined = out / "corpus.jsonl"
+    joined.write_text("".join((corpus_dir / name).read_text(encoding="utf-8").rstrip("\n") + "\n"
+                              for name in ("corpus.jsonl", "corpus_added.jsonl")), encoding="utf-8")
+    return joined
 
 
 def _at_most(questions: list[QAItem], limit: int | None, seed: int = 0) -> list[QAItem]:
@@ -225,7 +253,8 @@ def run_medpix(work: Path, folds: int = 1) -> dict[str, Any]:
                                    baselines_from="system (uncalibrated)")
     out["channel_reliability"] = uncalibrated.bundle.manifest.channel_reliability
     out["abstention"] = uncalibrated.bundle.manifest.abstention
-    folds, out["fusion_calibrated"] = [], {}
+    fold_reports: list[dict[str, dict[str, Any]]] = []
+    out["fusion_calibrated"] = {}
     for calibrate_on, test_on in (("a", "b"), ("b", "a"))[:folds]:
         qa = corpus.parent / f"qa-{calibrate_on}.jsonl"
         write_jsonl(qa, [QAItem(**{**q.to_json(), "split": "val" if q.split == calibrate_on else "test"})
@@ -233,9 +262,9 @@ def run_medpix(work: Path, folds: int = 1) -> dict[str, Any]:
         build_index(corpus, work / f"medpix-idx-{calibrate_on}", qa=qa, progress=False)
         retriever = Retriever.load(work / f"medpix-idx-{calibrate_on}")
         out["fusion_calibrated"][calibrate_on] = retriever.bundle.manifest.fusion
-        folds.append(evaluate({"system (calibrated, cross-fitted)": retriever},
+        fold_reports.append(evaluate({"system (calibrated, cross-fitted)": retriever},
                               [q for q in questions if q.split == test_on], corpus.parent))
-    out["calibrated"] = _merge_folds(folds)
+    out["calibrated"] = _merge_folds(fold_reports)
     return out
 
 
@@ -259,19 +288,38 @@ def _merge_folds(folds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
 
 
 def table(report: dict[str, dict[str, Any]]) -> str:
-    lines = ["| system | group | n | R@1 [95% CI] | R@5 [95% CI] | R@10 | MRR | p50 ms |", "|---" * 8 + "|"]
+    lines = ["| system | group | n | R@1 [95% CI] | R@5 [95% CI] | R@10 | MRR | p50 ms | p95 ms | p50 ms per stage |",
+             "|---" * 10 + "|"]
     for system, groups in report.items():
         for group, m in groups.items():
             ci1, ci5 = m["recall@1_ci95"], m["recall@5_ci95"]
             lines.append(f"| {system} | {group} | {m['n']} | {m['recall@1']:.3f} [{ci1[0]:.2f}, {ci1[1]:.2f}] | "
                          f"{m['recall@5']:.3f} [{ci5[0]:.2f}, {ci5[1]:.2f}] | {m['recall@10']:.3f} | "
-                         f"{m['mrr']:.3f} | {m.get('latency_ms_p50', '')} |")
+                         f"{m['mrr']:.3f} | {m.get('latency_ms_p50', '')} | {m.get('latency_ms_p95', '')} | "
+                         f"{_stages(m.get('stage_ms_p50'))} |")
     return "\n".join(lines)
 
 
-def _run_facts(run: dict[str, str]) -> list[str]:
+def _stages(stage_ms: dict[str, float] | None) -> str:
+    return ", ".join(f"{name} {ms}" for name, ms in stage_ms.items()) if stage_ms else ""
+
+
+def _loaded(run: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`measure()`'s results with the run facts and the machine's load average before and after.
+
+    Latency and build time depend on what else the machine runs (on a shared 2-core machine a
+    training job doubles the encoders' time), so the report says how busy it was."""
+    before = round(os.getloadavg()[0], 2)
+    results = measure()
+    return {"run": {**run, "load_average_1min": [before, round(os.getloadavg()[0], 2)]}, **results}
+
+
+def _run_facts(run: dict[str, Any]) -> list[str]:
+    load = run.get("load_average_1min")
     return [f"- command: `{run['command']}`", f"- machine: {run['machine']}", f"- date: {run['date']}",
-            f"- git commit: {run['commit']}", ""]
+            f"- git commit: {run['commit']}",
+            *([f"- load average (1 min) before / after: {load[0]} / {load[1]}"]
+              if load else []), ""]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -280,7 +328,7 @@ def markdown(results: dict[str, Any]) -> str:
         s = results["sample"]
         lines += ["## Sample corpus, test split", "", *_run_facts(s["run"]),
                   f"Build: {s['build_seconds']['without_qa']} s without the QA file, {s['build_seconds']['with_qa']} s "
-                  f"with it; stages (s) `{json.dumps(s['build_stages'])}`. Fusion weights: `{json.dumps(s['fusion'])}`; channel reliability "
+                  f"with it ({s['build_seconds'].get('corpus_and_added', '-')} s over corpus + added); stages (s) `{json.dumps(s['build_stages'])}`. Fusion weights: `{json.dumps(s['fusion'])}`; channel reliability "
                   f"`{json.dumps(s['channel_reliability'])}`.", "", table(s["test"]), "",
                   "## Sample corpus, added split (documents added with `index add`)", "",
                   f"`index add` took {s['add_seconds']} s.", "", table(s["added"]), ""]
@@ -308,13 +356,13 @@ def main() -> int:
            "date": now(), "commit": _commit()}
     with tempfile.TemporaryDirectory() as work:
         if args.dataset in ("sample", "all"):
-            results["sample"] = {"run": run, **run_sample(Path(work), Path(args.corpus_dir), args.limit)}
+            results["sample"] = _loaded(run, lambda: run_sample(Path(work), Path(args.corpus_dir), args.limit))
             print(table(results["sample"]["test"]), table(results["sample"]["added"]), sep="\n\n")
         if args.dataset in ("medpix", "all"):
             if not (REALDATA / "medpix2_test").is_dir():
                 print(f"skipping MedPix: {REALDATA / 'medpix2_test'} not found", file=sys.stderr)
             else:
-                results["medpix"] = {"run": run, **run_medpix(Path(work), args.folds)}
+                results["medpix"] = _loaded(run, lambda: run_medpix(Path(work), args.folds))
                 print(table(results["medpix"]["uncalibrated"]), table(results["medpix"]["calibrated"]), sep="\n\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     # A run of one dataset keeps the other's last results (read now, not at the start, so two runs of

@@ -56,6 +56,21 @@ def test_documents_added_after_the_aligner_are_judged_by_their_images_in_the_joi
     assert fuse(per_channel, weights, DOCS, unaligned={39})[0].doc_number == 39
 
 
+def test_a_new_documents_image_match_is_not_tied_by_the_old_document_the_aligner_guesses() -> None:
+    # The aligner never saw document 39's images, so for its image it returns old document 5, which
+    # is also the image channel's close second; with the joint channel counted the two tie.
+    others = [n for n in range(1, 30) if n != 5]
+    per_channel = {"joint": _peaked(5, others), "image": [(39, 0.95), (5, 0.90)] + _flat(others, top=0.7, step=0.01),
+                   "text": _flat(list(range(1, 40)))}
+    weights = {"text": 0.1, "joint": 0.69, "image": 1.0}
+    assert fuse(per_channel, weights, DOCS, unaligned={39})[0].doc_number == 39
+    assert fuse(per_channel, weights, DOCS)[0].doc_number == 5  # nothing added: the joint channel still counts
+    # an image whose best match is an old document keeps the joint channel's say
+    per_old = {**per_channel, "image": [(5, 0.95), (39, 0.90)] + _flat(others, top=0.7, step=0.01)}
+    hits = fuse(per_old, weights, DOCS, unaligned={39})
+    assert hits[0].doc_number == 5 and "joint" in hits[0].ranks
+
+
 def test_standardise_says_nothing_about_a_list_without_spread() -> None:
     assert standardise([(1, 0.5)]) == ({1: 0.0}, 0.0)
     z, floor = standardise([(1, 30.0)] + [(n, 0.0) for n in range(2, 20)])
