@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run `medrag ARGV` (default: the process's arguments) and return its exit code: 2 for bad input,
     130 when interrupted; argparse exits 2 itself on bad flags."""
     args = build_parser().parse_args(argv)
-    if not args.verbose:
-        # Read by huggingface_hub and transformers when they are first imported (inside the handlers):
-        # their per-file "Loading weights" bars say nothing a person needs; our own progress bars stay.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if args.verbose:
+        # `rag` hides the model libraries' per-file "Loading weights" bars (rag/__init__.py); they read
+        # the variable when first imported, inside the handlers, so this still shows them.
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0"
     try:
         return args.func(args)
     except KeyboardInterrupt:
