@@ -299,6 +299,7 @@ def differential_items(differential: str) -> list[str]:
     only its list, and headings, commentary and prose are left out."""
     parts: list[str] = []
     for line in (_HEAD.sub("", raw).strip() for raw in differential.splitlines()):
+        line = re.sub(r"\bvs\.", "vs", line, flags=re.IGNORECASE)  # "X vs. Y" is one (commentary) sentence
         for sentence in sentences(_REMARK.sub(" ", line)):
             if sentence.count(",") + sentence.count(";") >= 2 or len(differential.splitlines()) == 1:
                 sentence = sentence.split(":", 1)[-1]
