@@ -24,10 +24,11 @@ Every answer goes the project's own way: `MedRAG.gather` once per question, then
 (mode "options", the model's saved scoring rule) per model and condition; abstention is off, so every
 question is answered. Metrics (`rag.eval_qa.metrics`): accuracy with its 95% Wilson interval per block
 and per question kind, the over-reliance rate (right alone, wrong with evidence) and the share of
-questions answered the same with and without evidence. Baselines: `majority` (per kind, in-sample: the
-answer most often right when a kind has one fixed option set, else the answer position most often
-right; an optimistic constant guesser), `longest` (the longest option: the length bias of option
-scoring shows against it) and chance (the mean of 1 / number of options).
+questions answered the same with and without evidence. Baselines: `majority` (in-sample: per kind, the
+answer most often right when the kind has one fixed option set; else the answer position most often
+right over the block's questions whose options vary; an optimistic constant guesser), `longest` (the
+longest option: the length bias of option scoring shows against it) and chance (the mean of 1 / number
+of options).
 """
 
 from __future__ import annotations
@@ -96,19 +97,23 @@ def tcm_questions(block: str, root: Path = REALDATA) -> list[QAItem]:
 # --- baselines --------------------------------------------------------------------------------------
 
 def majority_guesses(items: list[QAItem]) -> dict[str, str]:
-    """qa id -> the majority-class guess, per kind. A kind whose questions all share one option set
-    (modality, plane) guesses the answer most often right (`rag.eval_qa.majority_choice`); a kind whose
-    options differ per question guesses the position most often right (ties: the first)."""
+    """qa id -> the majority-class guess. A kind whose questions all share one option set (modality,
+    plane) guesses its answer most often right (`rag.eval_qa.majority_choice`). Questions whose options
+    differ per question (diagnosis, TCM) guess the answer position most often right over all of them
+    (ties: the first), pooled across kinds: a position fitted on a kind of five questions would flatter it."""
     guesses: dict[str, str] = {}
+    varying: list[QAItem] = []
     for kind in sorted({kind_of(q) for q in items}):
         group = [q for q in items if kind_of(q) == kind]
-        if len({tuple(q.options) for q in group}) == 1:
-            prior = majority_answers(group)
-            guesses.update({q.id: majority_choice(q.options, prior) for q in group})
+        if len({tuple(q.options) for q in group}) > 1:
+            varying += group
             continue
-        positions = Counter(q.options.index(q.answer) for q in group)
+        prior = majority_answers(group)
+        guesses.update({q.id: majority_choice(q.options, prior) for q in group})
+    if varying:
+        positions = Counter(q.options.index(q.answer) for q in varying)
         best = max(positions, key=lambda p: (positions[p], -p))
-        guesses.update({q.id: q.options[min(best, len(q.options) - 1)] for q in group})
+        guesses.update({q.id: q.options[min(best, len(q.options) - 1)] for q in varying})
     return guesses
 
 
@@ -129,6 +134,13 @@ def chance(items: list[QAItem]) -> float | None:
 
 # --- answering ----------------------------------------------------------------------------------------
 
+def named_documents(item: QAItem, names: dict[str, str]) -> list[str]:
+    """The index's documents whose Chinese name (a herb's, in the sample corpus) the question or its
+    options write: evidence that can help a question without a gold document."""
+    text = item.question + " " + " ".join(item.options or [])
+    return sorted(doc_id for doc_id, name in names.items() if name in text)
+
+
 def answer_block(block: str, items: list[QAItem], qa_dir: Path | None, index: Path, generators: dict[str, Any],
                  log_every: int = 10) -> tuple[list[Outcome], dict[str, dict[str, Any]]]:
     """Every model's answers without and with retrieved evidence ("+rag"), and per question what the
@@ -137,6 +149,7 @@ def answer_block(block: str, items: list[QAItem], qa_dir: Path | None, index: Pa
     from rag.retriever import Retriever
 
     rag = MedRAG(Retriever.load(index), next(iter(generators.values())))
+    names = {d.id: d.names["zh"] for d in rag.retriever.bundle.docs.values() if d.names.get("zh")}
     outcomes: list[Outcome] = []
     evidence: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -145,8 +158,10 @@ def answer_block(block: str, items: list[QAItem], qa_dir: Path | None, index: Pa
         contexts = {"": rag.gather(item.question, None, retrieval=False),
                     "+rag": rag.gather(item.question, picture, item.options)}
         kept = [e.id for e in contexts["+rag"].evidence]
+        named = named_documents(item, names)
         evidence[item.id] = {"kept": kept, "gold_rank": kept.index(item.doc_id) + 1 if item.doc_id in kept else None,
-                             "titles": [e.title for e in contexts["+rag"].evidence]}
+                             "titles": [e.title for e in contexts["+rag"].evidence], "named": named,
+                             "named_kept": [d for d in kept if d in named]}
         for name, generator in generators.items():
             alone = None
             for condition, context in contexts.items():
@@ -186,6 +201,15 @@ def summarise_block(items: list[QAItem], outcomes: list[Outcome], evidence: dict
     out["same_answer_with_and_without_evidence"] = {m: same_answer_rate(outcomes, m) for m in models}
     gold = [evidence[q.id]["gold_rank"] for q in items if q.id in evidence and not q.metadata.get("no_document")]
     out["gold_document_in_evidence"] = rate([r is not None for r in gold]) if gold else None
+    named = [q for q in items if evidence.get(q.id, {}).get("named")]
+    if any(q.metadata.get("no_document") for q in items):
+        # Questions without a gold document: how often the evidence is about a herb they name, and the
+        # models on those questions alone (where evidence could help at all).
+        out["question_names_an_indexed_herb"] = rate([bool(evidence[q.id]["named"]) for q in items if q.id in evidence])
+        out["evidence_about_a_named_herb"] = rate([bool(evidence[q.id]["named_kept"]) for q in items if q.id in evidence])
+        relevant = {q.id for q in named if evidence[q.id]["named_kept"]}
+        out["on_questions_with_evidence_about_a_named_herb"] = {
+            s: metrics([o for o in outcomes if o.system == s and o.qa_id in relevant]) for s in systems}
     out["mean_evidence_items"] = round(sum(len(e["kept"]) for e in evidence.values()) / len(evidence), 2) if evidence else None
     return out
 
@@ -214,6 +238,12 @@ def block_table(name: str, block: dict[str, Any]) -> list[str]:
         lines.append(f"| {system} | {_acc(m['overall'])} | " + " | ".join(_acc(m["by_kind"][k]) for k in kinds)
                      + f" | {_rate(m['overall']['over_reliance_rate']) if system.endswith('+rag') else ''}"
                      + f" | {_rate(same) if system.endswith('+rag') and same else ''} |")
+    if "evidence_about_a_named_herb" in block:
+        subset = block["on_questions_with_evidence_about_a_named_herb"]
+        lines += ["", f"Questions that name a herb of the index (its Chinese name): {_rate(block['question_names_an_indexed_herb'])}; "
+                  f"questions whose evidence is about a herb they name: {_rate(block['evidence_about_a_named_herb'])}. "
+                  "On those questions alone: " + "; ".join(f"{s} {_acc(m)}" for s, m in subset.items()
+                                                          if s not in BASELINES) + "."]
     return lines + [""]
 
 
@@ -228,10 +258,11 @@ def markdown(report: dict[str, Any]) -> str:
              f"- command: `{report['command']}`", f"- machine: {report['machine']}", f"- date: {report['date']}",
              f"- models: `{json.dumps(report['models'])}`; scoring rules: `{json.dumps(report['scoring_rules'])}`",
              f"- wall time: {report['seconds']} s", "",
-             "`majority`: per kind, the answer (fixed option sets) or answer position (options that differ per "
-             "question) most often right in the block itself, an optimistic constant guesser. `longest`: the "
-             "longest option. `+rag`: with the evidence retrieval and adaptive selection kept. Over-reliance: of "
-             "the questions the model gets right without evidence, the share it gets wrong with it.", ""]
+             "`majority`: the answer most often right per kind (fixed option sets), or the answer position most "
+             "often right over the block (options that differ per question), fitted on the block itself: an "
+             "optimistic constant guesser. `longest`: the longest option (the first of equals). `+rag`: with "
+             "the evidence retrieval and adaptive selection kept. Over-reliance: of the questions the model gets "
+             "right without evidence, the share it gets wrong with it.", ""]
     for name, block in report["blocks"].items():
         lines += block_table(name, block)
     lines += ["![accuracy per block and system](realdata_qa.png)", ""]

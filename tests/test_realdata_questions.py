@@ -115,8 +115,8 @@ def test_real_tcm_questions() -> None:
 
 
 def test_majority_class() -> None:
-    """A kind with one option set guesses its most frequent answer; a kind whose options differ per
-    question guesses the position most often right."""
+    """A kind with one option set guesses its most frequent answer; questions whose options differ
+    guess the position most often right over all of them, whatever their kind."""
     from benchmarks.realdata_qa import majority_guesses
 
     def item(i: int, topic: str, answer: str, options: list[str]) -> QAItem:
@@ -125,5 +125,7 @@ def test_majority_class() -> None:
     items = [item(0, "plane", "axial", ["axial", "coronal"]), item(1, "plane", "axial", ["axial", "coronal"]),
              item(2, "plane", "coronal", ["axial", "coronal"]),
              item(3, "diagnosis", "b", ["a", "b", "c"]), item(4, "diagnosis", "y", ["x", "y", "z"]),
-             item(5, "diagnosis", "r", ["r", "s", "t"])]
-    assert majority_guesses(items) == {"q0": "axial", "q1": "axial", "q2": "axial", "q3": "b", "q4": "y", "q5": "s"}
+             item(5, "diagnosis", "r", ["r", "s", "t"]), item(6, "tcm", "m", ["m", "n"]), item(7, "tcm", "p", ["p", "q"])]
+    # Positions right over the five questions with varying options: 1, 1, 0, 0, 0 -> the first option.
+    assert majority_guesses(items) == {"q0": "axial", "q1": "axial", "q2": "axial", "q3": "a", "q4": "x", "q5": "r",
+                                       "q6": "m", "q7": "p"}
