@@ -185,6 +185,11 @@ def same_answer_rate(outcomes: list[Outcome], model: str) -> dict[str, Any]:
     return rate([o.predicted == alone[o.qa_id] for o in outcomes if o.system == f"{model}+rag" and o.qa_id in alone])
 
 
+def _shares(answers: list[str]) -> dict[str, float]:
+    counts = Counter(answers)
+    return {a: round(n / len(answers), 3) for a, n in sorted(counts.items())}
+
+
 def summarise_block(items: list[QAItem], outcomes: list[Outcome], evidence: dict[str, dict[str, Any]],
                     models: list[str]) -> dict[str, Any]:
     kinds = sorted({kind_of(q) for q in items})
@@ -199,6 +204,12 @@ def summarise_block(items: list[QAItem], outcomes: list[Outcome], evidence: dict
         out["systems"][system] = {"overall": metrics(rows),
                                   "by_kind": {k: metrics([o for o in rows if kind[o.qa_id] == k]) for k in kinds}}
     out["same_answer_with_and_without_evidence"] = {m: same_answer_rate(outcomes, m) for m in models}
+    # Where a kind has one option set, how often each system picks each option: a model that always
+    # says "MRI" scores the MR share, and evidence that only flips it to "CT" is not being read.
+    out["answer_shares"] = {k: {"gold": _shares([q.answer for q in items if kind[q.id] == k]),
+                                **{s: _shares([o.predicted for o in outcomes if o.system == s and kind[o.qa_id] == k])
+                                   for s in systems if s not in BASELINES}}
+                            for k in kinds if len({tuple(q.options) for q in items if kind[q.id] == k}) == 1}
     gold = [evidence[q.id]["gold_rank"] for q in items if q.id in evidence and not q.metadata.get("no_document")]
     out["gold_document_in_evidence"] = rate([r is not None for r in gold]) if gold else None
     named = [q for q in items if evidence.get(q.id, {}).get("named")]
@@ -238,6 +249,8 @@ def block_table(name: str, block: dict[str, Any]) -> list[str]:
         lines.append(f"| {system} | {_acc(m['overall'])} | " + " | ".join(_acc(m["by_kind"][k]) for k in kinds)
                      + f" | {_rate(m['overall']['over_reliance_rate']) if system.endswith('+rag') else ''}"
                      + f" | {_rate(same) if system.endswith('+rag') and same else ''} |")
+    for k, shares in block.get("answer_shares", {}).items():
+        lines += ["", f"Answers picked, {k}: " + "; ".join(f"{s} `{json.dumps(v)}`" for s, v in shares.items()) + "."]
     if "evidence_about_a_named_herb" in block:
         subset = block["on_questions_with_evidence_about_a_named_herb"]
         lines += ["", f"Questions that name a herb of the index (its Chinese name): {_rate(block['question_names_an_indexed_herb'])}; "
