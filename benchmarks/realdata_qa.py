@@ -52,7 +52,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.retrieval import REALDATA, medpix_cases  # noqa: E402
 from rag.corpus import QAItem  # noqa: E402
-from rag.eval_qa import Outcome, _outcome, majority_answers, majority_choice, metrics  # noqa: E402
+from rag.eval_qa import Outcome, _outcome, majority_answers, majority_choice, metrics, paired  # noqa: E402
 from rag.eval_stats import rate  # noqa: E402
 from rag.importers.medpix import closed_questions  # noqa: E402
 from rag.importers.tcm_mcq import read_cmmlu, read_tcmbench  # noqa: E402
@@ -221,6 +221,10 @@ def summarise_block(items: list[QAItem], outcomes: list[Outcome], evidence: dict
         relevant = {q.id for q in named if evidence[q.id]["named_kept"]}
         out["on_questions_with_evidence_about_a_named_herb"] = {
             s: metrics([o for o in outcomes if o.system == s and o.qa_id in relevant]) for s in systems}
+    # Paired over the same questions, clustered by document (a MedPix case; a TCM question is its own):
+    # what evidence changes for each model, and each model against the majority class.
+    pairs = [(f"{m}+rag", m) for m in models] + [(f"{m}{c}", "majority") for m in models for c in ("", "+rag")]
+    out["paired"] = {f"{a} − {b}": paired(outcomes, a, b, outcomes[0].split) for a, b in pairs}
     out["mean_evidence_items"] = round(sum(len(e["kept"]) for e in evidence.values()) / len(evidence), 2) if evidence else None
     return out
 
@@ -249,6 +253,9 @@ def block_table(name: str, block: dict[str, Any]) -> list[str]:
         lines.append(f"| {system} | {_acc(m['overall'])} | " + " | ".join(_acc(m["by_kind"][k]) for k in kinds)
                      + f" | {_rate(m['overall']['over_reliance_rate']) if system.endswith('+rag') else ''}"
                      + f" | {_rate(same) if system.endswith('+rag') and same else ''} |")
+    lines += ["", "Paired differences (accuracy points, 95% bootstrap interval over documents, McNemar p): "
+              + "; ".join(f"{name} {100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+                          f" p={d['mcnemar_p']}" for name, d in block["paired"].items() if d["n"]) + "."]
     for k, shares in block.get("answer_shares", {}).items():
         lines += ["", f"Answers picked, {k}: " + "; ".join(f"{s} `{json.dumps(v)}`" for s, v in shares.items()) + "."]
     if "evidence_about_a_named_herb" in block:
@@ -306,6 +313,14 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 
 # --- main -------------------------------------------------------------------------------------------------
+
+def report_json(report: dict[str, Any]) -> str:
+    """The report as JSON, indented, with one line per answer (thousands of them: indented, they would
+    make the file several times longer and no easier to read)."""
+    head = json.dumps({k: v for k, v in report.items() if k != "outcomes"}, indent=2, ensure_ascii=False)
+    rows = ",\n".join("    " + json.dumps(o, ensure_ascii=False) for o in report["outcomes"])
+    return head[:-2] + ',\n  "outcomes": [\n' + rows + "\n  ]\n}\n"
+
 
 def parse_models(pairs: list[str], base: str | None) -> dict[str, str]:
     models: dict[str, str] = {}
@@ -380,7 +395,7 @@ def main() -> int:
     report["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.with_suffix(".json").write_text(report_json(report), encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
     plot(report, out.with_suffix(".png"))
     print(markdown(report))
