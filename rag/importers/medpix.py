@@ -14,15 +14,21 @@ MedPix 2.0 ships two JSONL files and a folder of PNG images:
 Each case becomes a CASE document (its sections as text, its images, each section also kept apart
 in `metadata["sections"]` so a benchmark can query with the Findings and retrieve the rest), and
 each described image becomes an IMAGE document (caption plus modality, plane and location).
+`closed_questions` then asks closed questions of the imported images from the case fields (diagnosis
+among the case's own differential, modality, plane), for benchmarks on real data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import re
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from rag.corpus import CorpusError, Document, parse_jsonl_line, iter_jsonl_lines, write_jsonl
+from rag.corpus import (CorpusError, Document, QAItem, iter_jsonl_lines, parse_jsonl_line, read_documents,
+                        write_jsonl)
+from rag.text import content_words, sentences
 from rag.importers.report import ImportReport, SourceImages, age_field, sex_field
 
 DATASET = "medpix"
@@ -230,3 +236,141 @@ def _read_cases(path: Path, descriptions: Path, image_docs: dict[str, Document],
         ))
         report.imported += 1
     return docs
+
+
+# --- closed questions from the case fields ---------------------------------------------------------
+# A benchmark on real data needs questions nobody here wrote the answers to: each described image is
+# asked its case's diagnosis (distractors from that case's own differential), its modality and its
+# plane. The answers come from MedPix's fields, never from a model.
+
+DIAGNOSIS_QUESTION = "What is the diagnosis for this image?"
+MODALITY_QUESTION = "What imaging modality is this?"
+PLANE_QUESTION = "In which plane was this image acquired?"
+MODALITY_OPTIONS: dict[str, str] = {"CT": "CT", "MR": "MRI"}  # the description's Type -> the option shown
+# MedPix's Plane -> the option shown; "Transverse" is MedPix's other word for axial. Images in other
+# planes (Lateral, PA, a photograph, "not specified") get no plane question: they have no fair option set.
+PLANE_OPTIONS: dict[str, str] = {"axial": "axial", "transverse": "axial", "coronal": "coronal", "sagittal": "sagittal"}
+DIAGNOSIS_OPTIONS = 4
+_SOURCE_FIELD = {"diagnosis": "Case.Case Diagnosis (distractors: Case.Differential Diagnosis)",
+                 "modality": "Type", "plane": "Description.Plane"}
+_BULLET = re.compile(r"^[\s»•*>\-\uf06e]*(?:\d+[.)]\s*)?")
+_REMARK = re.compile(r"\s*(?:\([^)]*\)?|\[[^\]]*\]?)")  # "(less likely)", "[fungus, TB]"
+_HEAD = re.compile(r"^(?:differential diagnosis|ddx)\b[^:]*:\s*", re.IGNORECASE)
+# Words of a differential line that mark it as commentary ("DDx of AP radiographs", "X vs. Y",
+# "atypical dermoid is less likely given the history"), not as one diagnosis to offer.
+_COMMENTARY = re.compile(r"\b(?:vs|versus|ddx|differential|includes?|likely|history|see)\b|\.\.\.|…|:", re.IGNORECASE)
+MAX_OPTION_WORDS = 8
+# Qualifiers that do not make a diagnosis another one ("X with or without Y" is still X).
+_QUALIFIERS = {w[:5] for w in ("without", "possible", "probable", "suspected", "other")}
+_NOT_A_DIAGNOSIS = {"n/a", "na", "none", "not applicable"}
+
+
+def _stems(text: str) -> set[str]:
+    """Word stems (the first five letters) of a diagnosis, so "metastasis" and "metastatic" meet."""
+    return {w[:5] for w in content_words(text) if len(w) > 2} - _QUALIFIERS
+
+
+def same_diagnosis(a: str, b: str) -> bool:
+    """Whether two diagnosis phrases may name the same thing, so one cannot be the other's distractor:
+    at least half the stems of the shorter one are in the other, with or without remarks in brackets.
+
+    Erring towards "same": a distractor that is in truth a second right answer spoils a question,
+    one dropped too many only makes it easier (the slot is filled from other cases' diagnoses)."""
+    for x, y in ((a, b), (_REMARK.sub(" ", a), _REMARK.sub(" ", b))):
+        sx, sy = _stems(x), _stems(y)
+        if sx and sy and len(sx & sy) >= min(len(sx), len(sy)) / 2:
+            return True
+    return False
+
+
+def _option_text(phrase: str) -> str:
+    """A diagnosis as an option: its first sentence, without bullets, remarks in brackets or end
+    punctuation (a remark such as "(less likely)" would give the answer away)."""
+    first = sentences(phrase.strip())[0] if phrase.strip() else ""
+    text = _REMARK.sub(" ", _BULLET.sub("", first))
+    return re.sub(r"\s+", " ", text).strip(" .;:,-")
+
+
+def differential_items(differential: str) -> list[str]:
+    """The diagnoses a case's Differential Diagnosis lists, as option texts, in its order.
+
+    MedPix writes them one per line (with bullets, numbers or none), as comma-separated lists, or as
+    prose; a line with two or more commas is a list, a heading ("Lytic bone lesion: a, b") keeps
+    only its list, and headings, commentary and prose are left out."""
+    parts: list[str] = []
+    for line in (_HEAD.sub("", raw).strip() for raw in differential.splitlines()):
+        line = re.sub(r"\bvs\.", "vs", line, flags=re.IGNORECASE)  # "X vs. Y" is one (commentary) sentence
+        for sentence in sentences(_REMARK.sub(" ", line)):
+            if sentence.count(",") + sentence.count(";") >= 2 or len(differential.splitlines()) == 1:
+                sentence = sentence.split(":", 1)[-1]
+                parts += [p.strip().removeprefix("and ") for p in re.split(r"[,;]", sentence)]
+            else:
+                parts.append(sentence)
+    items: list[str] = []
+    for part in parts:
+        text = _option_text(part)
+        if (text.lower() not in _NOT_A_DIAGNOSIS and not _COMMENTARY.search(part) and _stems(text)
+                and len(text.split()) <= MAX_OPTION_WORDS):
+            items.append(text)
+    return items
+
+
+def _diagnosis_options(case: Document, answer: str, others: list[str],
+                       rng: random.Random) -> tuple[list[str], int] | None:
+    """The answer among distractors from the case's differential, topped up from other cases'
+    diagnoses; (options in a seeded random order, how many came from the differential)."""
+    raw_answer = case.metadata["sections"].get("diagnosis", "")
+    distractors: list[str] = []
+    for item in differential_items(case.metadata["sections"].get("differential_diagnosis", "")):
+        if not same_diagnosis(item, raw_answer) and not any(same_diagnosis(item, d) for d in distractors):
+            distractors.append(item)
+    distractors = distractors[: DIAGNOSIS_OPTIONS - 1]
+    from_differential = len(distractors)
+    for other in rng.sample(others, len(others)):
+        if len(distractors) == DIAGNOSIS_OPTIONS - 1:
+            break
+        if not same_diagnosis(other, raw_answer) and not any(same_diagnosis(other, d) for d in distractors):
+            distractors.append(other)
+    if len(distractors) < DIAGNOSIS_OPTIONS - 1:
+        return None
+    options = [answer, *distractors]
+    rng.shuffle(options)
+    return options, from_differential
+
+
+def closed_questions(corpus: Path, images: Collection[str] | None = None, seed: int = 0,
+                     split: str = "test") -> list[QAItem]:
+    """Closed questions about the described images of an imported MedPix corpus (`import_medpix`'s
+    corpus.jsonl): the case's diagnosis, the modality (CT or MRI) and the plane (axial, coronal,
+    sagittal). Every question carries its image (relative to the corpus folder, like the documents')
+    and its case document's id. `images`: ask only about these image paths (e.g. the ones a
+    benchmark holds out of its index). `metadata["topic"]` names the question kind."""
+    docs = read_documents(corpus, check_images=False)
+    cases = {d.metadata["case_id"]: d for d in docs if d.metadata.get("kind") == "case"}
+    answers = {cid: _option_text(c.metadata["sections"].get("diagnosis", "")) for cid, c in cases.items()}
+    questions: list[QAItem] = []
+    for doc in docs:
+        if doc.metadata.get("kind") != "image" or (images is not None and doc.images[0] not in images):
+            continue
+        case = cases.get(doc.metadata["case_id"])
+        if case is None:  # an image whose case was not imported has no diagnosis nor case document
+            continue
+        asked = []
+        if answers[case.metadata["case_id"]]:
+            others = [a for cid, a in sorted(answers.items()) if a and cid != case.metadata["case_id"]]
+            made = _diagnosis_options(case, answers[case.metadata["case_id"]], others, random.Random(f"{seed}:{doc.id}"))
+            if made:
+                asked.append(("diagnosis", DIAGNOSIS_QUESTION, answers[case.metadata["case_id"]], made[0],
+                              {"from_differential": made[1]}))
+        modality = MODALITY_OPTIONS.get(doc.metadata.get("image_type") or "")
+        if modality:
+            asked.append(("modality", MODALITY_QUESTION, modality, list(MODALITY_OPTIONS.values()), {}))
+        plane = PLANE_OPTIONS.get((doc.metadata.get("plane") or "").lower())
+        if plane:
+            asked.append(("plane", PLANE_QUESTION, plane, sorted(set(PLANE_OPTIONS.values())), {}))
+        for topic, question, answer, options, extra in asked:
+            questions.append(QAItem(id=f"{doc.id}-{topic}", question=question, answer=answer, doc_id=case.id,
+                                    domain=DOMAIN, split=split, image=doc.images[0], options=options,
+                                    metadata={"kind": "multiple_choice", "topic": topic, "image_doc": doc.id,
+                                              "source_field": _SOURCE_FIELD[topic], **extra}))
+    return questions
