@@ -52,7 +52,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.retrieval import REALDATA, medpix_cases  # noqa: E402
 from rag.corpus import QAItem  # noqa: E402
-from rag.eval_qa import Outcome, _outcome, majority_answers, majority_choice, metrics, paired  # noqa: E402
+from rag.eval_qa import Outcome, answer_outcome, majority_answers, majority_choice, metrics, paired  # noqa: E402
 from rag.eval_stats import rate  # noqa: E402
 from rag.importers.medpix import closed_questions  # noqa: E402
 from rag.importers.tcm_mcq import read_cmmlu, read_tcmbench  # noqa: E402
@@ -166,7 +166,7 @@ def answer_block(block: str, items: list[QAItem], qa_dir: Path | None, index: Pa
             alone = None
             for condition, context in contexts.items():
                 answer = rag.respond(item.question, picture, item.options, context, "options", generator)
-                outcome = _outcome(name + condition, block, item, answer)
+                outcome = answer_outcome(name + condition, block, item, answer)
                 if condition:
                     outcome.correct_alone = alone
                 else:

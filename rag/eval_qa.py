@@ -177,7 +177,8 @@ def _correct(answer: Answer, item: QAItem) -> bool:
     return answer.option is not None and item.options[answer.option] == item.answer
 
 
-def _outcome(system: str, split: str, item: QAItem, answer: Answer) -> Outcome:
+def answer_outcome(system: str, split: str, item: QAItem, answer: Answer) -> Outcome:
+    """One system's answer to one closed question as an experiment outcome (also used by benchmarks)."""
     predicted = item.options[answer.option] if answer.option is not None else answer.text
     return Outcome(system, split, item.id, item.domain, question_kind(item), bool(item.image), is_held_out(item),
                    item.answer, predicted, _correct(answer, item), item.doc_id, len(answer.evidence),
@@ -202,7 +203,7 @@ def _model_outcomes(rag: MedRAG, generator: Generator, model: str, split: str, q
     for condition in CONDITIONS[model]:
         system = MODEL_LABELS[model] + ("" if condition == "none" else f"+{condition}")
         answer = rag.respond(item.question, q.picture, item.options, q.contexts[condition], "options", generator)
-        outcome = _outcome(system, split, item, answer)
+        outcome = answer_outcome(system, split, item, answer)
         if condition == "none":
             alone = outcome.correct
         else:
