@@ -52,12 +52,23 @@ def run(step: str, args: list[str], steps: list[dict]) -> str:
     return out
 
 
+def rel(path: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it (the shipped Stage A
+    lives in the user's cache, outside)."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def grid(text: str) -> list[tuple[str, str]]:
     """"5e-5:0.1,2e-4:0.1" -> [("5e-5", "0.1"), ("2e-4", "0.1")]."""
-    try:
-        points = [tuple(p.split(":")) for p in text.split(",") if p]
-        assert points and all(len(p) == 2 and float(p[0]) > 0 and float(p[1]) > 0 for p in points)
-    except (AssertionError, ValueError):
+    points = [tuple(p.split(":")) for p in text.split(",") if p]
+
+    def valid(point: tuple[str, ...]) -> bool:
+        try:
+            return len(point) == 2 and float(point[0]) > 0 and float(point[1]) > 0
+        except ValueError:
+            return False
+
+    if not points or not all(valid(p) for p in points):
         raise SystemExit(f"--dpo-grid {text!r}: give learning-rate:beta pairs separated by commas, e.g. 5e-5:0.1")
     return points  # type: ignore[return-value]
 
@@ -66,7 +77,6 @@ def stage_b(args: argparse.Namespace, reader: Path, work: Path, steps: list[dict
             quick: bool) -> tuple[Path, list[dict]]:
     """Pairs from the Stage A model, one DPO run per grid setting, the best on val: its merged model
     and every setting's val figures."""
-    rel = lambda p: str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)  # noqa: E731
     pairs = work / "pairs"
     if not (args.reuse_pairs and (pairs / "pairs.parquet").is_file()):
         run("Stage B pairs", ["finetune", "pairs", "--generator", rel(reader), "--replacement", "other-domain",
@@ -120,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work, steps = ROOT / args.work, []
-    rel = lambda p: str(p.relative_to(ROOT))  # noqa: E731  (short paths in the report)
     quick = args.quick
     a_steps, b_steps = (2, 2) if quick else (args.stage_a_steps, args.dpo_steps)
     if not (ROOT / "indexes/sample/CURRENT").is_file():
