@@ -30,12 +30,17 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Reproduces rag/weights/medvlm-smollm2-135m (the projector and Stage A adapter the default VLM ships
-# with): sample corpus and index, projector alignment, Stage A (100 steps, then resumed to 200: how
-# the shipped run was made) with the scoring rule chosen on val, export with its model card.
+# Reproduces rag/weights/medvlm-smollm2-135m (the projector and adapters the default VLM ships with):
+# sample corpus and index, projector alignment, Stage A (100 steps, then resumed to 200: how the
+# shipped run was made) with the scoring rule chosen on val, export with its model card; then the
+# yes/no continuation trained on top of that model (adapter-2/), exported on top of it.
 ALIGN   := finetune align --out data/models/medvlm-aligned --max-steps 40
 STAGE_A := finetune rag-sft --base data/models/medvlm-aligned --out data/models/medvlm-reader --lora-rank 8 \
            --lora-alpha 16 --lr 5e-4 --batch-size 4 --save-steps 50 --val-questions 60
+VERIFY  := finetune rag-sft --out data/models/medvlm-verify --kind-weights yes_no=2,multiple_choice=0.25 \
+           --gold-share 0.9 --distractor-share 0.05 --none-share 0.05 --lora-rank 16 --lora-alpha 32 --lr 5e-4 \
+           --batch-size 4 --max-steps 240 --save-steps 60 --val-questions 60
+SHIPPED_BASE = "$$($(BIN)/python -c 'from rag.generator import default_vlm_dir; print(default_vlm_dir())')"
 default-weights: setup
 	$(BIN)/medrag demo --questions 0
 	$(BIN)/medrag $(ALIGN)
@@ -44,6 +49,10 @@ default-weights: setup
 	$(BIN)/medrag finetune export --run data/models/medvlm-reader --command "make setup" \
 	  --command "medrag demo --questions 0" --command "medrag $(ALIGN)" \
 	  --command "medrag $(STAGE_A) --max-steps 100" --command "medrag $(STAGE_A) --max-steps 200 --resume"
+	$(BIN)/medrag $(VERIFY) --base $(SHIPPED_BASE)
+	$(BIN)/medrag finetune export --run data/models/medvlm-verify --on-top \
+	  --command "medrag $(VERIFY) --base <the weights above, merged: rag.generator.default_vlm_dir()>" \
+	  --command "medrag finetune export --run data/models/medvlm-verify --on-top"
 
 clean:
 	rm -rf $(VENV) data/sample

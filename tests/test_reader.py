@@ -122,12 +122,32 @@ def test_reader_rows_follow_the_mix_hold_out_templates_and_balance_yes_no(tiny_r
         assert f"[{number}]" in row["prompt"][-1]["content"]
 
 
+def test_kind_weights_repeat_and_thin_question_kinds(tiny_rag, small_corpus):
+    from finetune.reader import ReaderMix, parse_kind_weights, reader_rows
+    from rag.qa_inputs import closed_questions, question_kind
+
+    assert parse_kind_weights("yes_no=3, multiple_choice=0.25") == {"yes_no": 3.0, "multiple_choice": 0.25}
+    for bad, words in (("open=2", "unknown question kind 'open'"), ("yes_no=x", "needs a number"),
+                       ("yes_no=-1", "must not be negative")):
+        with pytest.raises(ValueError, match=words):
+            parse_kind_weights(bad)
+    items = closed_questions(small_corpus / "qa.jsonl", ["train"])
+    plain, counts = reader_rows(tiny_rag, items, small_corpus, ReaderMix(seed=1), progress=False)
+    weighted, wcounts = reader_rows(tiny_rag, items, small_corpus,
+                                    ReaderMix(seed=1, kind_weights={"yes_no": 3, "multiple_choice": 0}), progress=False)
+    yes_no = sum(counts["yes_no_answers"].values())
+    assert yes_no > 0 and wcounts["used"] == counts["used"] and len(plain) == counts["prompts"] == counts["used"]
+    assert len(weighted) == wcounts["prompts"] == 3 * yes_no  # each yes/no question thrice, no multiple choice
+    assert all("Options:\nA. yes\nB. no" in r["prompt"][-1]["content"] or "A. no\nB. yes" in r["prompt"][-1]["content"]
+               for r in weighted)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_rag_sft_trains_chooses_a_rule_and_ships(small_index, small_corpus, tiny_vlm_dir, tmp_path: Path):
     from safetensors.torch import load_file
 
-    from rag.shipped import PROJECTOR_FILE, apply_shipped, shipped_digest
+    from rag.shipped import PROJECTOR_FILE, adapter_folders, apply_shipped, shipped_digest
     from rag.vlm import load_vlm
 
     out = tmp_path / "reader"
@@ -152,6 +172,26 @@ def test_rag_sft_trains_chooses_a_rule_and_ships(small_index, small_corpus, tiny
     rebuilt = apply_shipped(start, shipped).state_dict()
     for name, tensor in trained.state_dict().items():
         assert torch.allclose(rebuilt[name], tensor, atol=2e-3), name
+
+    # a run trained on top of the shipped model ships as a second adapter, merged after the first
+    more = tmp_path / "verify"
+    assert main(["finetune", "rag-sft", "--index", str(small_index), "--qa", str(small_corpus / "qa.jsonl"),
+                 "--base", str(out / "merged"), "--questions", "24", "--val-questions", "6", "--out", str(more),
+                 "--kind-weights", "yes_no=2,multiple_choice=0.5", "--max-steps", "2", "--batch-size", "2",
+                 "--lr", "5e-3", "--lora-rank", "4", "--json"]) == 0
+    assert main(["finetune", "export", "--run", str(more), "--out", str(shipped), "--on-top",
+                 "--command", "medrag finetune rag-sft --kind-weights ..."]) == 0
+    assert [p.name for p in adapter_folders(shipped)] == ["adapter", "adapter-2"]
+    card = (shipped / "README.md").read_text()
+    assert card.count("## Training") == 1 and "Then, on top of it (adapter-2/)" in card
+    assert card.index("medrag finetune rag-sft ...") < card.index("--kind-weights ...") < card.index("## Figures")
+    start, _ = load_vlm(tiny_vlm_dir)
+    stacked, _ = load_vlm(more / "merged")
+    rebuilt = apply_shipped(start, shipped).state_dict()
+    for name, tensor in stacked.state_dict().items():
+        assert torch.allclose(rebuilt[name], tensor, atol=4e-3), name
+    first = trained.state_dict()
+    assert any(not torch.allclose(t, first[n], atol=1e-4) for n, t in stacked.state_dict().items())  # it did train
 
 
 @pytest.mark.slow

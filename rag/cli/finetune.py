@@ -73,6 +73,8 @@ def _add_rag_sft(finetune: argparse._SubParsersAction) -> None:
     p.add_argument("--gold-share", type=float, default=0.7, help="prompts with the question's own document")
     p.add_argument("--distractor-share", type=float, default=0.15, help="prompts with other documents only")
     p.add_argument("--none-share", type=float, default=0.15, help="prompts without evidence")
+    p.add_argument("--kind-weights", default="", help="prompts per question of a kind, like "
+                   "'yes_no=3,multiple_choice=0.25' (default: one each)")
     p.add_argument("--val-questions", type=int, default=120,
                    help="val questions the scoring rule is chosen on (0: skip the choice)")
     p.add_argument("--out", default=str(READER_DIR), help="output folder (default: %(default)s)")
@@ -81,20 +83,22 @@ def _add_rag_sft(finetune: argparse._SubParsersAction) -> None:
 
 
 def cmd_finetune_rag_sft(args: argparse.Namespace) -> int:
-    from finetune.reader import ReaderMix, reader_rows
+    from finetune.reader import ReaderMix, parse_kind_weights, reader_rows
     from finetune.sft import prompt_completion_dataset, run_sft
     from rag.pipeline import MedRAG
     from rag.qa_inputs import closed_questions
 
     base = aligned_base(args.base)
     seed = args.seed or 0
-    mix = ReaderMix(args.gold_share, args.distractor_share, args.none_share, seed)
+    mix = ReaderMix(args.gold_share, args.distractor_share, args.none_share, seed, parse_kind_weights(args.kind_weights))
     items = closed_questions(args.qa, ["train"], args.questions, seed)
     rag = MedRAG.load(args.index, generator=base)
     rows, counts = reader_rows(rag, items, Path(args.qa).parent, mix, progress=not args.json)
     result = run_sft(base, prompt_completion_dataset(rows), args.out, _tune_settings(args),
                      "Stage A: retrieval-augmented instruction tuning (RAFT-style LoRA SFT)",
-                     f"{counts['used']} train questions of {args.qa}", resume=args.resume or False,
+                     f"{counts['used']} train questions of {args.qa}" + (
+                         f" ({counts['prompts']} prompts, kind weights {args.kind_weights})" if args.kind_weights else ""),
+                     resume=args.resume or False,
                      details={"reader_data": counts})
     if args.val_questions:
         from rag.eval_scoring import choose_rule
@@ -114,6 +118,9 @@ def _add_export(finetune: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="where to write the weights (default: the package's rag/weights/<default VLM>)")
     p.add_argument("--command", action="append", default=[],
                    help="a command that reproduced this run, for the model card (repeatable, in order)")
+    p.add_argument("--on-top", action="store_true",
+                   help="the run was trained with the shipped default VLM as --base: keep the shipped adapters "
+                        "and add this run's after them (its model card section too)")
     p.set_defaults(func=cmd_finetune_export)
 
 
@@ -124,8 +131,13 @@ def cmd_finetune_export(args: argparse.Namespace) -> int:
     if not (run / "merged" / "config.json").is_file():
         raise FileNotFoundError(f"{run}/merged is not a saved model; pass the output folder of `medrag finetune "
                                 "rag-sft` (or `dpo`) as --run")
-    card = model_card(run, args.command)
-    out = export_default(run / "merged", run / "adapter", card, Path(args.out) if args.out else SHIPPED_DIR)
+    folder = Path(args.out) if args.out else SHIPPED_DIR
+    earlier = folder / "README.md"
+    if args.on_top and not earlier.is_file():
+        raise FileNotFoundError(f"{folder} has no shipped weights (README.md) to export on top of; "
+                                "export the first run without --on-top")
+    card = model_card(run, args.command, earlier.read_text(encoding="utf-8") if args.on_top else None)
+    out = export_default(run / "merged", run / "adapter", card, folder, on_top=args.on_top)
     sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     print(f"shipped weights written to {out}:")
     for name, size in sizes.items():
