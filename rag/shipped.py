@@ -47,6 +47,11 @@ def shipped_digest(folder: Path = SHIPPED_DIR) -> str | None:
     return digest.hexdigest()[:12]
 
 
+def adapter_name(stage: int) -> str:
+    """The folder of the `stage`-th shipped adapter (1-based): adapter/, adapter-2/, adapter-3/, ..."""
+    return "adapter" if stage == 1 else f"adapter-{stage}"
+
+
 def adapter_folders(folder: Path = SHIPPED_DIR) -> list[Path]:
     """The shipped adapters in the order they are merged: adapter/, then adapter-2/, adapter-3/, ..."""
     stages = []
@@ -95,13 +100,13 @@ def export_default(model_dir: str | Path, adapter_dir: str | Path | None, card: 
 
     def write(tmp: Path) -> None:
         save_file({k: v.half().contiguous() for k, v in weights.items()}, str(tmp / PROJECTOR_FILE))
-        for stage, path in enumerate(earlier, 1):
-            shutil.copytree(path, tmp / ("adapter" if stage == 1 else f"adapter-{stage}"))
+        for path in earlier:
+            shutil.copytree(path, tmp / path.name)
         if adapter_dir is not None:
             source = Path(adapter_dir)
             if not (source / "adapter_config.json").is_file():
                 raise FileNotFoundError(f"{source} is not a PEFT adapter (no adapter_config.json)")
-            target = tmp / ("adapter" if not earlier else f"adapter-{len(earlier) + 1}")
+            target = tmp / adapter_name(len(earlier) + 1)
             target.mkdir()
             config = json.loads((source / "adapter_config.json").read_text(encoding="utf-8"))
             config["base_model_name_or_path"] = DEFAULT_VLM  # not the trainer's local path
@@ -148,8 +153,8 @@ def model_card(run: Path, commands: list[str], earlier_card: str | None = None) 
                              "export the first run again without --on-top")
         history = earlier_card.split("\n## Figures", 1)[0].rstrip().splitlines()
         history = _card_header() + history[history.index("## Training"):] if "## Training" in history else history
-        stage_number = 1 + sum(1 for line in history if line.startswith("Then, on top of it"))
-        lines = history + ["", f"Then, on top of it (adapter-{stage_number + 1}/):", ""] + stage + ["", "```"]
+        shipped = 1 + sum(1 for line in history if line.startswith("Then, on top of it"))
+        lines = history + ["", f"Then, on top of it ({adapter_name(shipped + 1)}/):", ""] + stage + ["", "```"]
     else:
         lines = _card_header() + ["## Training", ""] + stage + ["", "Reproduce (from the repository root, after `make setup`):", "",
                                                "```"]
