@@ -17,7 +17,8 @@ Steps, each a `medrag` command run as a subprocess and timed:
    (`medrag eval scoring`, the model's own rule, retrieved evidence; ties: gold evidence) and the
    best one is the Stage A + B that the test and added splits see;
 4. `medrag finetune sft` (knowledge SFT) with as many optimiser steps and examples per step as the
-   tuned model got in all (the fair baseline);
+   tuned model got in all (the fair baseline; for the shipped default, the steps of all its adapters,
+   `rag.shipped.shipped_steps`); `--reuse-sft` keeps an earlier run of that many steps;
 5. `medrag eval qa` on stratified samples of the test and added splits, which writes
    `benchmarks/results/<name>.{json,md,png}` with the commands and run times of all steps.
 """
@@ -58,6 +59,17 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def reusable(run_dir: Path, steps: int) -> bool:
+    """Whether `run_dir` holds a finished tuning run (merged model, training log) of exactly `steps` steps."""
+    log = run_dir / "adapter" / "train_log.json"
+    if not ((run_dir / "merged" / "config.json").is_file() and log.is_file()):
+        return False
+    trained = json.loads(log.read_text(encoding="utf-8")).get("steps")
+    if trained != steps:
+        print(f"{rel(run_dir)} was trained for {trained} steps, not {steps}: training it again", flush=True)
+    return trained == steps
+
+
 def grid(text: str) -> list[tuple[str, str]]:
     """"5e-5:0.1,2e-4:0.1" -> [("5e-5", "0.1"), ("2e-4", "0.1")]."""
     points = [tuple(p.split(":")) for p in text.split(",") if p]
@@ -89,12 +101,10 @@ def stage_b(args: argparse.Namespace, reader: Path, work: Path, steps: list[dict
             ["finetune", "dpo", "--base", rel(reader), "--pairs", rel(pairs), "--out", rel(out), "--lr", lr,
              "--beta", beta, "--sft-weight", args.sft_weight, "--batch-size", "4", "--max-steps", str(b_steps)], steps)
         report = json.loads(run(f"Stage B val (lr {lr}, beta {beta})",
-                                ["eval", "scoring", "--generator", rel(out / "merged"), "--questions",
+                                ["eval", "scoring", "--generator", rel(out / "merged"), "--save", "--questions",
                                  "6" if quick else str(args.val_questions), "--json"], steps))
-        rule = json.loads((out / "merged" / "scoring.json").read_text())["rule"] \
-            if (out / "merged" / "scoring.json").is_file() else "mean"
-        figures = {c: report["accuracy"][c][rule] for c in ("retrieved", "gold")}
-        tried.append({"lr": lr, "beta": beta, "rule": rule, "model": rel(out / "merged"), "val": figures})
+        tried.append({"lr": lr, "beta": beta, "scoring": report["summary"], "model": rel(out / "merged"),
+                      "val": report["accuracy_chosen"]})
     best = max(tried, key=lambda t: (t["val"]["retrieved"]["all"]["accuracy"], t["val"]["gold"]["all"]["accuracy"]))
     best["chosen"] = True
     return ROOT / best["model"], tried
@@ -118,6 +128,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-questions", type=int, default=60, help="val questions Stage B settings are chosen on")
     parser.add_argument("--skip-sft", action="store_true", help="leave out the knowledge-SFT baseline (its rows "
                         "and the targets against it are then missing from the report)")
+    parser.add_argument("--reuse-sft", action="store_true", help="keep WORK/medvlm-sft when it was trained for "
+                        "as many steps as the tuned model got")
     parser.add_argument("--work", default="data/experiment", help="where models and the added index go")
     parser.add_argument("--out", default="benchmarks/results", help="report folder")
     parser.add_argument("--name", default="factuality", help="report file stem")
@@ -153,17 +165,23 @@ def main(argv: list[str] | None = None) -> int:
         run("Stage A (rag-sft)", ["finetune", "rag-sft", "--base", ALIGNED, "--out", rel(reader.parent), "--lora-rank",
                                   "8", "--lora-alpha", "16", "--lr", args.stage_a_lr, "--batch-size", "4", "--max-steps",
                                   str(a_steps), "--val-questions", "6" if quick else "60"], steps)
-    tuned_steps = a_steps
+    if args.stage_a == "shipped" and not quick:
+        from rag.shipped import shipped_steps
+
+        tuned_steps = shipped_steps()   # all the shipped adapters' steps: Stage A and what was trained on top
+    else:
+        tuned_steps = a_steps
     grid_report: list[dict] = []
     if args.stage_b:
         ragpt, grid_report = stage_b(args, reader, work, steps, b_steps, quick)
         tuned_steps += b_steps
     models = ["--reader", str(reader)]
     if not args.skip_sft:
-        shutil.rmtree(sft, ignore_errors=True)
-        run("knowledge SFT", ["finetune", "sft", "--base", ALIGNED, "--out", rel(sft), "--lora-rank", "8",
-                              "--lora-alpha", "16", "--lr", args.stage_a_lr, "--batch-size", "4",
-                              "--max-steps", str(tuned_steps)], steps)
+        if not (args.reuse_sft and reusable(sft, tuned_steps)):
+            shutil.rmtree(sft, ignore_errors=True)
+            run("knowledge SFT", ["finetune", "sft", "--base", ALIGNED, "--out", rel(sft), "--lora-rank", "8",
+                                  "--lora-alpha", "16", "--lr", args.stage_a_lr, "--batch-size", "4",
+                                  "--max-steps", str(tuned_steps)], steps)
         models += ["--sft", rel(sft / "merged")]
     steps_file = work / "steps.json"
     steps_file.write_text(json.dumps(steps, indent=1), encoding="utf-8")

@@ -339,7 +339,7 @@ def run(args: argparse.Namespace, models: dict[str, str], work: Path) -> dict[st
     from rag.index_build import build_index
 
     generators = {name: create_generator(path, progress=False) for name, path in models.items()}
-    report: dict[str, Any] = {"scoring_rules": {n: g.scoring_rule for n, g in generators.items()}, "blocks": {},
+    report: dict[str, Any] = {"scoring_rules": {n: g.scoring.describe() for n, g in generators.items()}, "blocks": {},
                               "outcomes": [], "evidence": {}, "examples": []}
     for block in args.blocks:
         started = time.perf_counter()

@@ -421,7 +421,7 @@ def run_factuality(qa: str | Path, models: dict[str, str | None], index: str | P
     summary = summarise(outcomes)
     report = {"date": now(), "machine": machine_description(), "command": command,
               "settings": {**asdict(settings), "questions_per_split": questions, "seed": seed, "models": models,
-                           "scoring_rules": {m: g.scoring_rule for m, g in generators.items()},
+                           "scoring_rules": {m: g.scoring.describe() for m, g in generators.items()},
                            "indexes": indexes, "qa": str(qa)},
               "eval_seconds": timings, "steps": list(steps),
               "total_seconds": round(sum(s["seconds"] for s in steps) + time.perf_counter() - started, 1),

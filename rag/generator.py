@@ -29,7 +29,7 @@ import torch
 
 from rag.encoders import ModelNotAvailableError, resolve_device
 from rag.prompt import Prompt
-from rag.scoring import DEFAULT_RULE, RULE_FILE, OptionLogProb, combine, read_rule
+from rag.scoring import RULE_FILE, OptionLogProb, ScoringChoice, combine, read_rule
 from rag.vlm import DEFAULT_VLM, MedVLMConfig, build_default_vlm, cache_argument, cache_dir, cache_of, load_vlm
 
 
@@ -46,7 +46,7 @@ class Generation:
 class Generator:
     """A transformers image-text-to-text model with its processor. Thread-safe: one call at a time."""
 
-    def __init__(self, model: Any, processor: Any, name: str, scoring_rule: str = DEFAULT_RULE):
+    def __init__(self, model: Any, processor: Any, name: str, scoring: ScoringChoice | None = None):
         self.model = model.eval()
         self.processor = processor
         self.name = name
@@ -54,7 +54,7 @@ class Generator:
         self.device = next(model.parameters()).device
         # torch modules and KV caches are not safe to share across threads mid-forward
         self._lock = threading.Lock()
-        self.scoring_rule = scoring_rule
+        self.scoring = scoring or ScoringChoice()
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._recent: dict[tuple[Any, ...], list[OptionLogProb]] = {}
 
@@ -183,16 +183,18 @@ class Generator:
 
     def score_options(self, prompt: Prompt, options: list[str], rule: str | None = None,
                       baseline: Prompt | None = None, cite: int = 0) -> list[float]:
-        """One score per option under a scoring rule (`rag.scoring`; default: this model's chosen rule).
+        """One score per option under a scoring rule (`rag.scoring`). Default: this model's own choice,
+        the rule chosen for the options' kind (`self.scoring.rule_for`) with its yes/no bias.
 
         Rules that calibrate ("calibrated", "pmi") subtract each option's log-probability under
         `baseline`, the content-free or evidence-free prompt that `rag.scoring.baseline_prompt` builds.
         `cite`: the prompt's evidence count, so that `option_logprobs(prompt, options, cite)` then
         gives the citations from memory."""
-        rule = rule or self.scoring_rule
         main = self.option_logprobs(prompt, options, cite)
         reference = self.option_logprobs(baseline, options) if baseline is not None else None
-        return combine(rule, main, reference)
+        if rule is not None:
+            return combine(rule, main, reference)
+        return self.scoring.adjust(options, combine(self.scoring.rule_for(options), main, reference))
 
 def _is_medvlm(path: Path) -> bool:
     config = path / "config.json"
@@ -254,4 +256,4 @@ def create_generator(name: str = DEFAULT_VLM, device: str | None = None, dtype: 
             f"cannot load generator {name!r}: {err}. Use '{DEFAULT_VLM}' (offline), a local folder, or a Hugging "
             "Face image-text-to-text model id that is in your cache (unset HF_HUB_OFFLINE to download it)") from err
     model.requires_grad_(False)
-    return Generator(model, processor, str(name), read_rule(path) if path.is_dir() else DEFAULT_RULE)
+    return Generator(model, processor, str(name), read_rule(path) if path.is_dir() else None)

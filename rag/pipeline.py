@@ -189,9 +189,9 @@ class MedRAG:
         t = time.perf_counter()
         chosen, scores, text_citation = None, None, ""
         if mode == "options":
-            rule = generator.scoring_rule
-            scores = generator.score_options(prompt, options, rule,
-                                             baseline_prompt(rule, question, items, picture, options), cite=len(items))
+            rule = generator.scoring.rule_for(options)
+            scores = generator.score_options(prompt, options, baseline=baseline_prompt(rule, question, items, picture,
+                                                                                       options), cite=len(items))
             chosen = max(range(len(options)), key=lambda i: scores[i])
             text = options[chosen]
             text_citation = self._model_citation(generator.option_logprobs(prompt, options, len(items))[chosen].citation)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from rag.corpus import Document, QAItem, read_qa
 from rag.encoders import load_rgb
+from rag.scoring import options_kind
 
 
 def stratified_sample(items: list[QAItem], n: int, seed: int) -> list[QAItem]:
@@ -57,7 +58,7 @@ def question_kind(item: QAItem) -> str:
     kind = item.metadata.get("kind")
     if kind in ("yes_no", "multiple_choice"):
         return kind
-    return "yes_no" if sorted(o.strip().lower() for o in item.options or []) == ["no", "yes"] else "multiple_choice"
+    return options_kind(item.options or [])
 
 
 def qa_picture(item: QAItem, qa_dir: Path) -> Image.Image | None:

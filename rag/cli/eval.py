@@ -64,25 +64,38 @@ def _add_scoring(evals: argparse._SubParsersAction) -> None:
     p.add_argument("--generator", help="VLM to score with (default: the default VLM)")
     p.add_argument("--questions", type=int, default=120, help="val questions, stratified by domain (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", action="store_true", help="write the chosen rule to GENERATOR/scoring.json")
+    p.add_argument("--save", action="store_true", help="write the choice to the model folder's scoring.json")
+    p.add_argument("--ship", action="store_true", help="with the default VLM: also ship the choice with its weights "
+                   "(rag/weights: scoring.json and the model card's figures); implies --save")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_scoring)
 
 
 def cmd_eval_scoring(args: argparse.Namespace) -> int:
     from rag.eval_scoring import choose_rule, format_rule_table
+    from rag.generator import model_folder
     from rag.pipeline import MedRAG
+    from rag.vlm import DEFAULT_VLM
 
     generator = resolve_generator_name(args.generator)
-    if args.save and not Path(generator).is_dir():
+    if args.ship and generator != DEFAULT_VLM:
+        raise ValueError(f"--ship updates the default VLM's shipped weights; leave out --generator (got {generator!r})")
+    folder = model_folder(generator)
+    save = args.save or args.ship
+    if save and not folder.is_dir():
         raise ValueError(f"--save writes into the model's folder; {generator!r} is not a folder")
     rag = MedRAG.load(args.index, generator=generator)
-    report = choose_rule(rag, generator, args.qa, args.questions, args.seed, save=args.save, progress=not args.json)
+    report = choose_rule(rag, str(folder), args.qa, args.questions, args.seed, save=save, progress=not args.json)
+    if args.ship:
+        from rag.shipped import ship_scoring
+
+        report["shipped_to"] = str(ship_scoring(folder))
     if args.json:
         print_json(report)
     else:
         print(format_rule_table(report))
-        print(f"chosen: {report['chosen']}" + (f" (saved to {generator}/scoring.json)" if args.save else ""))
+        print(f"chosen: {report['summary']}" + (f" (saved to {folder}/scoring.json)" if save else "")
+              + (f"; shipped in {report['shipped_to']}" if args.ship else ""))
     return 0
 
 

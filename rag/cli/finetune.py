@@ -288,5 +288,5 @@ def _report_tuning(result: dict[str, Any], as_json: bool) -> int:
         if "scoring" in info:
             from rag.eval_scoring import format_rule_table
 
-            print(f"  scoring rule chosen on val: {info['scoring']['chosen']}\n" + format_rule_table(info["scoring"]))
+            print(f"  scoring chosen on val: {info['scoring']['summary']}\n" + format_rule_table(info["scoring"]))
     return 0
