@@ -33,7 +33,8 @@ test-fast: setup
 # Reproduces rag/weights/medvlm-smollm2-135m (the projector and adapters the default VLM ships with):
 # sample corpus and index, projector alignment, Stage A (100 steps, then resumed to 200: how the
 # shipped run was made) with the scoring rule chosen on val, export with its model card; then the
-# yes/no continuation trained on top of that model (adapter-2/), exported on top of it.
+# yes/no continuation trained on top of that model (adapter-2/), exported on top of it; last, the scoring
+# (a rule per question kind, the yes/no bias) chosen again on all val questions and shipped.
 ALIGN   := finetune align --out data/models/medvlm-aligned --max-steps 40
 STAGE_A := finetune rag-sft --base data/models/medvlm-aligned --out data/models/medvlm-reader --lora-rank 8 \
            --lora-alpha 16 --lr 5e-4 --batch-size 4 --save-steps 50 --val-questions 60
@@ -53,6 +54,7 @@ default-weights: setup
 	$(BIN)/medrag finetune export --run data/models/medvlm-verify --on-top \
 	  --command "medrag $(VERIFY) --base <the weights above, merged: rag.generator.default_vlm_dir()>" \
 	  --command "medrag finetune export --run data/models/medvlm-verify --on-top"
+	$(BIN)/medrag eval scoring --questions 0 --ship
 
 clean:
 	rm -rf $(VENV) data/sample

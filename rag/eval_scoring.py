@@ -28,6 +28,7 @@ from rag.scoring import KINDS, RULES, ScoringChoice, baseline_prompt, combine, w
 
 CONDITIONS = ("retrieved", "gold")
 GROUPS = ("all", "yes_no", "multiple_choice", "image", "text")
+LABELS = {"yes_no": "yes/no", "multiple_choice": "multiple choice"}
 
 
 def rule_scores(generator: Generator, question: str, evidence: list[EvidenceText], picture: Image.Image | None,
@@ -142,11 +143,17 @@ def format_rule_table(report: dict[str, Any]) -> str:
     """Markdown: accuracy per condition and rule (one column per group), marked where a rule was chosen,
     then each rule's yes/no figures with the bias fitted for it."""
     chosen = report["chosen"]["rules"]
-    lines = ["| evidence | rule | " + " | ".join(GROUPS) + " |", "|---|---|" + "---|" * len(GROUPS)]
+    lines = []
+    for condition, groups in (report.get("accuracy_chosen") or {}).items():
+        lines.append(f"- under this choice, {condition} evidence: " + ", ".join(
+            f"{LABELS.get(g, g)} {r['accuracy']:.3f} (n={r['n']})" for g, r in groups.items()))
+    lines += [""] if lines else []
+    lines += ["| evidence | rule | " + " | ".join(LABELS.get(g, g) for g in GROUPS) + " |",
+              "|---|---|" + "---|" * len(GROUPS)]
     for condition, rules in report["accuracy"].items():
         for rule, groups in rules.items():
             cells = [f"{groups[g]['accuracy']:.3f} (n={groups[g]['n']})" if g in groups else "–" for g in GROUPS]
-            kinds = [k.replace("_", " ").replace("yes no", "yes/no") for k in KINDS if chosen.get(k) == rule]
+            kinds = [LABELS[k] for k in KINDS if chosen.get(k) == rule]
             mark = f" **chosen: {', '.join(kinds)}**" if kinds else ""
             lines.append(f"| {condition} | {rule}{mark} | " + " | ".join(cells) + " |")
     biased = report.get("yes_no_biased") or {}

@@ -133,9 +133,9 @@ def export_default(model_dir: str | Path, adapter_dir: str | Path | None, card: 
     return atomic_save_dir(folder, write)
 
 
-def figures_section(model_dir: Path) -> list[str]:
-    """The model card's "## Figures" lines: the scoring choice saved in `model_dir` and the val figures
-    it was chosen on."""
+def figures_section(model_dir: Path, command: str | None = None) -> list[str]:
+    """The model card's "## Figures" lines: the scoring choice saved in `model_dir`, the val figures it
+    was chosen on and, when it was made apart from training, the `command` that made it."""
     from rag.eval_scoring import format_rule_table
     from rag.scoring import read_rule
 
@@ -144,20 +144,22 @@ def figures_section(model_dir: Path) -> list[str]:
     if path.is_file():
         scoring = json.loads(path.read_text(encoding="utf-8"))
         choice = read_rule(model_dir)
-        lines += [f"Scoring chosen on val: **{choice.summary()}** ({scoring.get('chosen_on')}). Accuracy:", "",
+        lines += [f"Scoring chosen on val: **{choice.summary()}** ({scoring.get('chosen_on')}"
+                  + (f"; `{command}`" if command else "") + "). Accuracy:", "",
                   format_rule_table({**scoring, "chosen": choice.describe()})]
     return lines + ["", "Test-split figures: `benchmarks/results/factuality.md`.", ""]
 
 
-def ship_scoring(model_dir: Path, folder: Path = SHIPPED_DIR) -> Path:
+def ship_scoring(model_dir: Path, command: str, folder: Path = SHIPPED_DIR) -> Path:
     """Ship the scoring choice saved in `model_dir` (a checkpoint of the shipped weights, re-chosen with
-    `medrag eval scoring --save`): it replaces `folder`'s scoring.json and the card's figures."""
+    `medrag eval scoring --ship`, given as `command`): it replaces `folder`'s scoring.json and the card's
+    figures."""
     card = (folder / "README.md").read_text(encoding="utf-8")
     if "\n## Figures" not in card or "\n## Licences" not in card:
         raise ValueError(f"{folder / 'README.md'} has no '## Figures' and '## Licences' sections to update; "
                          "export the run again (medrag finetune export)")
     head, rest = card.split("\n## Figures", 1)
-    card = head + "\n" + "\n".join(figures_section(model_dir)) + rest[rest.index("\n## Licences"):]
+    card = head + "\n" + "\n".join(figures_section(model_dir, command)) + rest[rest.index("\n## Licences"):]
 
     def write(tmp: Path) -> None:
         for path in folder.iterdir():

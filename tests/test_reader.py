@@ -188,7 +188,7 @@ def test_rag_sft_trains_chooses_a_rule_and_ships(small_index, small_corpus, tiny
     digest = shipped_digest(shipped)
     write_rule(out / "merged", ScoringChoice({"yes_no": "sum", "multiple_choice": "calibrated"}, 0.25),
                {"chosen_on": "a later check"})
-    ship_scoring(out / "merged", shipped)
+    ship_scoring(out / "merged", "medrag eval scoring --ship", shipped)
     card = (shipped / "README.md").read_text()
     assert read_rule(shipped).yes_bias == 0.25 and "a later check" in card and shipped_digest(shipped) != digest
     assert card.count("## Figures") == card.count("## Licences") == 1 and "medrag finetune rag-sft" in card

@@ -89,7 +89,8 @@ def cmd_eval_scoring(args: argparse.Namespace) -> int:
     if args.ship:
         from rag.shipped import ship_scoring
 
-        report["shipped_to"] = str(ship_scoring(folder))
+        command = f"medrag eval scoring --index {args.index} --qa {args.qa} --questions {args.questions} --ship"
+        report["shipped_to"] = str(ship_scoring(folder, command))
     if args.json:
         print_json(report)
     else:
