@@ -15,6 +15,7 @@ a fingerprint of its weights so an index can refuse queries from a different mod
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 from collections.abc import Sequence
@@ -183,19 +184,44 @@ class EfficientNetLite0Encoder(torch.nn.Module):
                   for im in images]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
 
-    def feature_grid(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 224, 224) in [0, 1] -> (B, 49, 1280)."""
+    def feature_grid(self, pixels: torch.Tensor, net: torch.nn.Module | None = None) -> torch.Tensor:
+        """(B, 3, 224, 224) in [0, 1] -> (B, 49, 1280), through `net` (default: the network itself)."""
         pixels = (pixels.to(self.mean.device) - self.mean) / self.std
-        grid = self.net.forward_features(pixels)
+        grid = (net or self.net).forward_features(pixels)
         return grid.flatten(2).transpose(1, 2)
+
+    def folded_net(self) -> torch.nn.Module:
+        """A copy of `net` with every BatchNorm folded into the convolution before it: the same features
+        up to float rounding, about a quarter less time per image (what a retrieval query waits for).
+        Built on first use and kept outside the module tree, so `net` keeps the modules whose weights
+        the VLM's vision tower copies by name and the fingerprint stays that of the packaged weights."""
+        if self.__dict__.get("_folded") is None:
+            self.__dict__["_folded"] = fold_batchnorm(copy.deepcopy(self.net))
+        return self.__dict__["_folded"]
 
     @torch.inference_mode()
     def encode(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         out = [np.zeros((0, self.dim), np.float32)]
+        net = self.folded_net()
         for start in _batches(len(images), batch_size, progress, "image features"):
             pixels = self.preprocess(images[start:start + batch_size])
-            out.append(_normalise(self.feature_grid(pixels).mean(dim=1)))
+            out.append(_normalise(self.feature_grid(pixels, net).mean(dim=1)))
         return np.concatenate(out)
+
+
+def fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
+    """Fold each BatchNorm that directly follows a Conv2d (as siblings, in order) into that convolution,
+    in place, for inference: timm's BatchNormAct2d keeps its dropout and activation after the conv."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for parent in list(net.modules()):
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+                setattr(parent, bn_name, torch.nn.Sequential(*rest) if rest else torch.nn.Identity())
+    return net.eval()
 
 
 # --- open_clip (shared image-text space) ---------------------------------------------------------

@@ -119,3 +119,27 @@ def test_image_encoder_moves_its_normalisation_constants_with_the_network():
 
     encoder = EfficientNetLite0Encoder(device="meta")
     assert {t.device.type for t in [*encoder.parameters(), *encoder.buffers()]} == {"meta"}
+
+
+def test_retrieval_encoding_folds_batchnorm_without_changing_features_or_the_shared_weights():
+    """`encode` runs a copy with BatchNorm folded into the convolutions (faster queries); the features
+    match the network's own, and `net` (whose weights the VLM's vision tower copies) is untouched."""
+    from PIL import Image
+
+    from rag.encoders import EfficientNetLite0Encoder, weights_fingerprint
+
+    encoder = EfficientNetLite0Encoder(device="cpu")
+    before = {k: v.clone() for k, v in encoder.net.state_dict().items()}
+    images = [Image.new("RGB", (64, 48), (200, 30, 30)), Image.effect_noise((224, 224), 60).convert("RGB")]
+    features = encoder.encode(images)
+    with torch.inference_mode():
+        grid = encoder.feature_grid(encoder.preprocess(images)).mean(dim=1)
+    unfolded = torch.nn.functional.normalize(grid, dim=-1).numpy()
+    assert abs(features - unfolded).max() < 1e-4
+    folded = encoder.folded_net()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.net.modules()) > 40
+    assert encoder.net.state_dict().keys() == before.keys()
+    assert all(torch.equal(encoder.net.state_dict()[k], v) for k, v in before.items())
+    assert encoder.fingerprint == weights_fingerprint(encoder.name, encoder.net)
+    assert encoder.state_dict().keys() == EfficientNetLite0Encoder(device="cpu").state_dict().keys()
