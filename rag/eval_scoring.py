@@ -24,11 +24,9 @@ from rag.generator import Generator, create_generator
 from rag.pipeline import MedRAG
 from rag.prompt import EvidenceText, build_prompt
 from rag.qa_inputs import closed_questions, qa_picture, question_kind
-from rag.scoring import KINDS, RULES, ScoringChoice, baseline_prompt, combine, write_rule
+from rag.scoring import GROUPS, KINDS, RULES, ScoringChoice, baseline_prompt, combine, write_rule
 
 CONDITIONS = ("retrieved", "gold")
-GROUPS = ("all", "yes_no", "multiple_choice", "image", "text")
-LABELS = {"yes_no": "yes/no", "multiple_choice": "multiple choice"}
 
 
 def rule_scores(generator: Generator, question: str, evidence: list[EvidenceText], picture: Image.Image | None,
@@ -137,32 +135,3 @@ def choose_rule(rag: MedRAG, model_dir: str, qa: str | Path, n: int, seed: int =
                    {"chosen_on": f"{report['questions']} val questions of {qa}",
                     **{k: report[k] for k in ("accuracy_chosen", "accuracy", "yes_no_biased", "yes_rate_gold")}})
     return report
-
-
-def format_rule_table(report: dict[str, Any]) -> str:
-    """Markdown: accuracy per condition and rule (one column per group), marked where a rule was chosen,
-    then each rule's yes/no figures with the bias fitted for it."""
-    chosen = report["chosen"]["rules"]
-    lines = []
-    for condition, groups in (report.get("accuracy_chosen") or {}).items():
-        lines.append(f"- under this choice, {condition} evidence: " + ", ".join(
-            f"{LABELS.get(g, g)} {r['accuracy']:.3f} (n={r['n']})" for g, r in groups.items()))
-    lines += [""] if lines else []
-    lines += ["| evidence | rule | " + " | ".join(LABELS.get(g, g) for g in GROUPS) + " |",
-              "|---|---|" + "---|" * len(GROUPS)]
-    for condition, rules in report["accuracy"].items():
-        for rule, groups in rules.items():
-            cells = [f"{groups[g]['accuracy']:.3f} (n={groups[g]['n']})" if g in groups else "–" for g in GROUPS]
-            kinds = [LABELS[k] for k in KINDS if chosen.get(k) == rule]
-            mark = f" **chosen: {', '.join(kinds)}**" if kinds else ""
-            lines.append(f"| {condition} | {rule}{mark} | " + " | ".join(cells) + " |")
-    biased = report.get("yes_no_biased") or {}
-    if biased:
-        lines += ["", f"Yes/no with the bias fitted per rule (gold answers say yes on {report['yes_rate_gold']:.3f}):",
-                  "", "| rule | yes bias | retrieved | yes rate | gold | yes rate |", "|---|---|---|---|---|---|"]
-        for rule, fit in biased.items():
-            mark = " **chosen**" if chosen.get("yes_no") == rule else ""
-            lines.append(f"| {rule}{mark} | {fit['yes_bias']:+.3f} | {fit['retrieved']['accuracy']:.3f} | "
-                         f"{fit['retrieved']['yes_rate']:.3f} | {fit['gold']['accuracy']:.3f} | "
-                         f"{fit['gold']['yes_rate']:.3f} |")
-    return "\n".join(lines)

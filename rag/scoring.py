@@ -36,6 +36,8 @@ DEFAULT_RULE = "mean"            # for a model saved without a choice, as it was
 RULE_FILE = "scoring.json"
 CONTENT_FREE = "N/A"
 KINDS = ("yes_no", "multiple_choice")
+GROUPS = ("all", "yes_no", "multiple_choice", "image", "text")   # the columns of a rule comparison
+LABELS = {"yes_no": "yes/no", "multiple_choice": "multiple choice"}
 
 
 @dataclass(frozen=True)
@@ -138,3 +140,35 @@ def write_rule(model_dir: str | Path, choice: ScoringChoice, evidence: dict[str,
     path = Path(model_dir) / RULE_FILE
     path.write_text(json.dumps({**choice.describe(), **evidence}, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def format_rule_table(report: dict[str, Any]) -> str:
+    """Markdown: accuracy per condition and rule (one column per group), marked where a rule was chosen,
+    then each rule's yes/no figures with the bias fitted for it."""
+    chosen = report["chosen"]["rules"]
+    lines = []
+    for condition, groups in (report.get("accuracy_chosen") or {}).items():
+        lines.append(f"- under this choice, {condition} evidence: " + ", ".join(
+            f"{LABELS.get(g, g)} {r['accuracy']:.3f} (n={r['n']})" for g, r in groups.items()))
+    accuracy = report.get("accuracy") or {}   # absent from a choice saved without its val figures
+    if not accuracy:
+        return "\n".join(lines or ["(no val figures were saved with this choice)"])
+    lines += [""] if lines else []
+    lines += ["| evidence | rule | " + " | ".join(LABELS.get(g, g) for g in GROUPS) + " |",
+              "|---|---|" + "---|" * len(GROUPS)]
+    for condition, rules in accuracy.items():
+        for rule, groups in rules.items():
+            cells = [f"{groups[g]['accuracy']:.3f} (n={groups[g]['n']})" if g in groups else "–" for g in GROUPS]
+            kinds = [LABELS[k] for k in KINDS if chosen.get(k) == rule]
+            mark = f" **chosen: {', '.join(kinds)}**" if kinds else ""
+            lines.append(f"| {condition} | {rule}{mark} | " + " | ".join(cells) + " |")
+    biased = report.get("yes_no_biased") or {}
+    if biased:
+        lines += ["", f"Yes/no with the bias fitted per rule (gold answers say yes on {report['yes_rate_gold']:.3f}):",
+                  "", "| rule | yes bias | retrieved | yes rate | gold | yes rate |", "|---|---|---|---|---|---|"]
+        for rule, fit in biased.items():
+            mark = " **chosen**" if chosen.get("yes_no") == rule else ""
+            lines.append(f"| {rule}{mark} | {fit['yes_bias']:+.3f} | {fit['retrieved']['accuracy']:.3f} | "
+                         f"{fit['retrieved']['yes_rate']:.3f} | {fit['gold']['accuracy']:.3f} | "
+                         f"{fit['gold']['yes_rate']:.3f} |")
+    return "\n".join(lines)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.atomic import atomic_save_dir
-from rag.scoring import RULE_FILE
+from rag.scoring import RULE_FILE, format_rule_table, read_rule
 from rag.vlm import DEFAULT_VLM
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights" / DEFAULT_VLM
@@ -136,9 +136,6 @@ def export_default(model_dir: str | Path, adapter_dir: str | Path | None, card: 
 def figures_section(model_dir: Path, command: str | None = None) -> list[str]:
     """The model card's "## Figures" lines: the scoring choice saved in `model_dir`, the val figures it
     was chosen on and, when it was made apart from training, the `command` that made it."""
-    from rag.eval_scoring import format_rule_table
-    from rag.scoring import read_rule
-
     lines = ["## Figures (val split, sample corpus)", ""]
     path = model_dir / RULE_FILE
     if path.is_file():

@@ -72,7 +72,8 @@ def _add_scoring(evals: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval_scoring(args: argparse.Namespace) -> int:
-    from rag.eval_scoring import choose_rule, format_rule_table
+    from rag.eval_scoring import choose_rule
+    from rag.scoring import format_rule_table
     from rag.generator import model_folder
     from rag.pipeline import MedRAG
     from rag.vlm import DEFAULT_VLM

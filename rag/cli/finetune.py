@@ -286,7 +286,7 @@ def _report_tuning(result: dict[str, Any], as_json: bool) -> int:
         print(f"  adapter: {summary['adapter']}\n  merged model (use as --generator): {summary['merged']}\n"
               f"  loss curve: {summary['plot']}")
         if "scoring" in info:
-            from rag.eval_scoring import format_rule_table
+            from rag.scoring import format_rule_table
 
             print(f"  scoring chosen on val: {info['scoring']['summary']}\n" + format_rule_table(info["scoring"]))
     return 0
