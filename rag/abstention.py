@@ -65,7 +65,8 @@ def shuffled_patches(path: str, rng: np.random.Generator) -> Image.Image:
 def calibrate_abstention(retriever, images: np.ndarray, image_doc: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Thresholds {"text", "bm25", "image"} (None: the channel has nothing to calibrate on) and what they
     came from. `retriever` is a `rag.retriever.Retriever` over the new bundle; `images` / `image_doc` the
-    corpus image features and their documents' positions in `docs` order."""
+    corpus image features as the image channel holds them (whitened) and their documents' positions
+    in `docs` order."""
     rng = np.random.default_rng(seed)
     docs = list(retriever.bundle.docs.values())
     answerable, salads = _text_queries(docs, rng)
@@ -85,7 +86,8 @@ def calibrate_abstention(retriever, images: np.ndarray, image_doc: np.ndarray, s
             best["image"]["answerable"].append(float((images[same] @ images[i]).max()))
         paths = [p for d in docs for p in d.images]
         picks = rng.choice(len(paths), size=min(PROBES, len(paths)), replace=False)
-        probes = retriever.image_encoder.encode([shuffled_patches(paths[i], rng) for i in picks])
+        probes = retriever.bundle.whitening.apply(
+            retriever.image_encoder.encode([shuffled_patches(paths[i], rng) for i in picks]))
         best["image"]["probes"] = [float(v) for v in (probes @ images.T).max(axis=1)]
     out: dict[str, Any] = {c: _threshold(v["answerable"], v["probes"]) for c, v in best.items()}
     out["evidence"] = {c: {g: {"n": len(s), "p05": round(float(np.quantile(s, 0.05)), 4),

@@ -21,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from rag.abstention import calibrate_abstention
-from rag.heads import train_aligner, train_router
+from rag.heads import fit_whitening, train_aligner, train_router
 from rag.corpus import (DOMAINS, CorpusError, Document, QAItem, format_problems, read_documents, read_qa,
                         ValidationReport, validate_corpus, validate_qa)
 from rag.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder,
@@ -170,6 +170,7 @@ def _add_to_bundle(bundle: IndexBundle, emb: Embedded, progress: bool = False) -
     numbers = list(range(first_doc, first_doc + len(emb.docs)))
     image_ids = np.arange(first_image, first_image + len(emb.images), dtype=np.int64)
     joint_text = emb.text if bundle.joint_native else bundle.aligner.project_texts(emb.text)
+    whitened = bundle.whitening.apply(emb.images)
     doc_domains = np.asarray([d.domain for d in emb.docs])
     image_domains = doc_domains[emb.image_doc] if len(emb.image_doc) else np.asarray([], dtype=str)
     for domain in bundle.domains:
@@ -177,7 +178,7 @@ def _add_to_bundle(bundle: IndexBundle, emb: Embedded, progress: bool = False) -
         img_rows = np.flatnonzero(image_domains == domain)
         for channel, vectors, ids in (("text", emb.text[rows], np.asarray(numbers)[rows]),
                                       ("joint", joint_text[rows], np.asarray(numbers)[rows]),
-                                      ("image", emb.images[img_rows], image_ids[img_rows])):
+                                      ("image", whitened[img_rows], image_ids[img_rows])):
             if (domain, channel) not in bundle.vectors:
                 # an index is created, and trained when its type needs it, on the first vectors it gets
                 bundle.vectors[(domain, channel)] = ChannelIndex.build(
@@ -249,6 +250,8 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
     domains, router, router_logs, aligner, aligner_log = _train_heads(emb, questions, corpus_text, image_encoder.dim,
                                                                       spec, progress)
     lap("heads")
+    whitening = fit_whitening(emb.images, image_encoder.dim)
+    whitened = whitening.apply(emb.images)
     joint_native = bool(text_encoder.shares_space_with_images and image_encoder.shares_space_with_images)
 
     manifest = Manifest(
@@ -257,22 +260,23 @@ def build_index(corpus: str | Path, out: str | Path, spec: IndexSpec | None = No
         dims=Dims(text=text_encoder.dim, image=image_encoder.dim, joint=spec.joint_dim),
         joint_native=joint_native, domains=domains, spec=asdict(spec), corpus=str(Path(corpus).resolve()),
         next_doc=0, next_image=0,
-        heads=HeadsInfo(router={k: v.to_json() for k, v in router_logs.items()}, aligner=aligner_log.to_json()),
+        heads=HeadsInfo(router={k: v.to_json() for k, v in router_logs.items()}, aligner=aligner_log.to_json(),
+                        whitening={**whitening.describe(), "images": len(emb.images)}),
         routing=RoutingInfo(threshold=0.5), skipped_records=skipped, engine=engine,
-        channel_reliability=channel_reliability(emb.images, emb.image_doc,
+        channel_reliability=channel_reliability(whitened, emb.image_doc,
                                                 aligner_log.val_metric if aligner_log.n_train else None,
                                                 seed=spec.seed))
     bundle = IndexBundle(manifest=manifest, docs={}, image_owner={}, vectors={},
                          lexical=LexicalIndex.build([], []), router=router, aligner=aligner,
                          selection=SelectionConfig(k_max=spec.k_max, alpha=spec.alpha, delta=spec.delta),
-                         vector_config=spec.vector_index)
+                         vector_config=spec.vector_index, whitening=whitening)
     _add_to_bundle(bundle, emb, progress)
     manifest.aligned_docs = manifest.next_doc
     lap("index")
 
     val = [q for q in questions if q.split == "val"]
     retriever = Retriever(bundle, text_encoder, image_encoder)
-    manifest.abstention = calibrate_abstention(retriever, emb.images, emb.image_doc, seed=spec.seed)
+    manifest.abstention = calibrate_abstention(retriever, whitened, emb.image_doc, seed=spec.seed)
     lap("abstention")
     calibrate_bundle(retriever, val, corpus_dir=Path(corpus).parent, qa_dir=Path(qa).parent if qa else None,
                      spec=spec, progress=progress)

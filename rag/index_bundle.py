@@ -40,7 +40,7 @@ from typing import Any
 import faiss
 from safetensors.torch import load_file, save_file
 
-from rag.heads import Aligner, DomainRouter
+from rag.heads import Aligner, DomainRouter, ImageWhitening
 from rag.corpus import Document
 from rag.fusion import default_weights
 from rag.lexical import LexicalIndex
@@ -75,9 +75,12 @@ class IndexBundle:
     domains: list[str] = field(default_factory=list)
     vector_config: VectorIndexConfig = field(default_factory=VectorIndexConfig)
     search_params: dict[str, int] = field(default_factory=dict)  # nprobe / ef_search used by queries
+    whitening: ImageWhitening | None = None   # the image channel's transform (None: the identity)
 
     def __post_init__(self) -> None:
         self.domains = list(self.manifest.domains)
+        if self.whitening is None:
+            self.whitening = ImageWhitening.identity(self.manifest.dims.image)
         self.search_params = {**self.vector_config.search_params(), **self.search_params}
 
     @property
@@ -284,9 +287,11 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> IndexBundle:
     aligner.load_state_dict({k.removeprefix("aligner."): v for k, v in weights.items() if k.startswith("aligner.")})
     router.eval()
     aligner.eval()
+    whitening = ImageWhitening.from_state({k.removeprefix("whitening."): v for k, v in weights.items()
+                                           if k.startswith("whitening.")}, dims.image)
     return IndexBundle(manifest=manifest, docs=docs, image_owner=image_owner, vectors=vectors,
                        lexical=LexicalIndex.load(version / "lexical"), router=router, aligner=aligner,
-                       selection=manifest.selection, root=version, vector_config=built.config)
+                       selection=manifest.selection, root=version, vector_config=built.config, whitening=whitening)
 
 
 def verify_bundle(bundle_dir: str | Path, encoders: bool = True) -> list[str]:
@@ -386,6 +391,8 @@ def save_bundle(bundle: IndexBundle, bundle_dir: str | Path, keep_versions: int 
         bundle.lexical.save(staging / "lexical")
         weights = {f"router.{k}": v.contiguous() for k, v in bundle.router.state_dict().items()}
         weights.update({f"aligner.{k}": v.contiguous() for k, v in bundle.aligner.state_dict().items()})
+        if bundle.whitening.fitted:
+            weights.update({f"whitening.{k}": v.contiguous() for k, v in bundle.whitening.state_dict().items()})
         save_file(weights, str(staging / "heads.safetensors"))
         manifest = replace(bundle.manifest, format_version=FORMAT_VERSION, selection=bundle.selection,
                            counts=_counts(bundle), vector_index=VectorIndexInfo(bundle.vector_config, {

@@ -114,10 +114,12 @@ class RoutingInfo:
 
 @dataclass
 class HeadsInfo:
-    """Training logs of the heads (`TrainLog.to_json`): the router's per modality, and the aligner's."""
+    """Training logs of the heads (`TrainLog.to_json`): the router's per modality, and the aligner's;
+    and what the image whitening was fitted on (`ImageWhitening.describe`, absent in older bundles)."""
 
     router: dict[str, dict[str, Any]]
     aligner: dict[str, Any]
+    whitening: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> HeadsInfo:
@@ -125,10 +127,11 @@ class HeadsInfo:
         for name in router:
             _take(_take(router, name, dict, f"{where}.router"), "val_metric", (int, float), f"{where}.router.{name}")
         _take(aligner, "val_metric", (int, float), f"{where}.aligner")
-        return cls(router, aligner)
+        return cls(router, aligner, data.get("whitening"))
 
     def to_json(self) -> dict[str, Any]:
-        return {"router": self.router, "aligner": self.aligner}
+        return {"router": self.router, "aligner": self.aligner,
+                **({"whitening": self.whitening} if self.whitening is not None else {})}
 
 
 @dataclass
@@ -234,7 +237,8 @@ class Manifest:
                 "domains": self.domains, "counts": self.counts, "routing": self.routing.to_json(),
                 "selection": None if self.selection is None else self.selection.to_json(),
                 "heads": {"router_val_accuracy": {k: v["val_metric"] for k, v in heads.router.items()},
-                          "aligner_val_recall_at_1": heads.aligner.get("val_metric")},
+                          "aligner_val_recall_at_1": heads.aligner.get("val_metric"),
+                          "image_whitening": heads.whitening},
                 "build_seconds": self.build_seconds, "history": self.history or [],
                 "vector_index": self.vector_index.to_json() if self.vector_index else {"type": "flat", "shards": 1}}
 

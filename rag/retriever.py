@@ -199,7 +199,7 @@ class Retriever:
         elif channel == "joint" and not self.bundle.joint_native:
             query = self.bundle.aligner.project_images(image_features[None])[0]
         else:
-            query = image_features
+            query = self.bundle.whitening.apply(image_features[None])[0]
         scored: dict[int, float] = {}
         for domain in domains:
             index = self.bundle.vectors.get((domain, channel))

@@ -7,9 +7,11 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag.corpus import read_documents, read_qa
+from rag.heads import ImageWhitening, fit_whitening
 from rag.index_build import add_documents, bundle_info, remove_documents
 from rag.index_bundle import BundleError, load_bundle, read_manifest, resolve_version
 from rag.retriever import Retriever
@@ -44,6 +46,12 @@ def test_bundle_round_trip(small_index: Path, small_corpus: Path, encoders, retr
     reloaded = Retriever(load_bundle(small_index), *encoders)
     question = read_qa(small_corpus / "qa.jsonl")[0].question
     assert _ids(reloaded.retrieve(question)) == _ids(retriever.retrieve(question))
+    # the image channel's whitening is fitted on the corpus images and comes back with the bundle
+    assert manifest["heads"]["whitening"]["fitted"] and manifest["heads"]["whitening"]["images"] == len(docs) * 2
+    assert np.array_equal(reloaded.bundle.whitening.components, retriever.bundle.whitening.components)
+    image = next(q for q in read_qa(small_corpus / "qa.jsonl") if q.image)
+    assert (_ids(reloaded.retrieve(image.question, small_corpus / image.image))
+            == _ids(retriever.retrieve(image.question, small_corpus / image.image)))
     assert not any(p.read_bytes()[:1] == b"\x80" for p in resolve_version(small_index).rglob("*") if p.is_file())
 
 
@@ -201,3 +209,25 @@ def test_cli_index_and_eval(small_index: Path, small_corpus: Path, capsys) -> No
     assert main(["retrieve", "--index", str(small_index), "What formula was recommended?", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["hits"] and out["selection"]["k"] >= 1
+
+
+def test_image_whitening_shrinks_what_all_images_share() -> None:
+    """Features whose largest variance is shared nuisance (as ImageNet features of medical images are):
+    raw cosine matches an image to the wrong case, the fitted whitening to its own."""
+    rng = np.random.default_rng(0)
+    cases, dim = 40, 64
+    nuisance = rng.normal(size=(4, dim)) * 1.5                    # a few strong directions every image varies in
+    identity = rng.normal(size=(cases, dim))                     # what tells one case from another
+    def draw() -> np.ndarray:
+        x = identity + rng.normal(size=(cases, 4)) @ nuisance + rng.normal(size=(cases, dim)) * 0.3
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    corpus, queries = draw(), draw()
+    whitening = fit_whitening(np.concatenate([corpus, draw()]), dim)
+    def top1(c: np.ndarray, q: np.ndarray) -> float:
+        return float(((q @ c.T).argmax(1) == np.arange(cases)).mean())
+    assert whitening.fitted and top1(whitening.apply(corpus), whitening.apply(queries)) > top1(corpus, queries) + 0.3
+    assert np.allclose(np.linalg.norm(whitening.apply(queries), axis=1), 1, atol=1e-5)
+    assert not fit_whitening(corpus[:10], dim).fitted           # too few images: the identity
+    assert np.array_equal(fit_whitening(corpus[:10], dim).apply(queries), queries)
+    restored = ImageWhitening.from_state(whitening.state_dict(), dim)
+    assert np.allclose(restored.apply(queries), whitening.apply(queries), atol=1e-6)
