@@ -42,13 +42,13 @@ from safetensors.torch import load_file, save_file
 
 from rag.heads import Aligner, DomainRouter, ImageWhitening
 from rag.corpus import Document
-from rag.fusion import default_weights
+from rag.fusion import CHANNELS, default_weights
 from rag.lexical import LexicalIndex
 from rag.manifest import FORMAT_VERSION, BundleError, Manifest, VectorIndexInfo, check_format
 from rag.selection import SelectionConfig
 from rag.vector_index import ChannelIndex, VectorIndexConfig, check_search_params
 
-CHANNELS = ("text", "image", "joint")
+VECTOR_CHANNELS = ("text", "image", "joint")  # the channels with a vector index (bm25 has its own)
 POINTER = "CURRENT"
 MANIFEST_DIGEST = "manifest.sha256"
 LOCK = ".lock"
@@ -158,9 +158,11 @@ class IndexBundle:
         return {c: float(stored[c]) for c in ("text", "image", "bm25") if isinstance(stored.get(c), (int, float))}
 
     def set_fusion(self, calibration: dict[str, dict[str, float]]) -> None:
-        """Keep calibrated fusion: per query kind, channel weights plus their val_mrr and n."""
-        self.manifest.fusion = {kind: {c: w for c, w in ws.items() if c not in ("val_mrr", "n")}
-                                for kind, ws in calibration.items()}
+        """Keep calibrated fusion (`rag.fusion.calibrate_fusion`): per query kind, channel weights plus their
+        val figures. A kind whose grid point did not beat the defaults keeps following the corpus's defaults
+        (they change as `index add` changes the channels' reliability); its figures are still recorded."""
+        self.manifest.fusion = {kind: {c: w for c, w in ws.items() if c in CHANNELS}
+                                for kind, ws in calibration.items() if ws.get("calibrated", 1.0)}
         self.manifest.fusion_calibration = calibration
 
     def record_history(self, op: str, **details: Any) -> None:
@@ -274,7 +276,7 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> IndexBundle:
     built = manifest.vector_index or VectorIndexInfo(VectorIndexConfig())  # format 1: exact, unsharded
     vectors = {}
     for domain in manifest.domains:
-        for channel in CHANNELS:
+        for channel in VECTOR_CHANNELS:
             paths = [version / rel for rel in channel_files(domain, channel, built.config.shards)]
             if all(p.is_file() for p in paths):
                 vectors[(domain, channel)] = ChannelIndex([faiss.read_index(str(p)) for p in paths],
@@ -419,7 +421,7 @@ def _counts(bundle: IndexBundle) -> dict[str, Any]:
     per_domain: dict[str, dict[str, int]] = {}
     for domain in bundle.domains:
         per_domain[domain] = {"documents": sum(1 for d in bundle.docs.values() if d.domain == domain)}
-        for channel in CHANNELS:
+        for channel in VECTOR_CHANNELS:
             index = bundle.vectors.get((domain, channel))
             per_domain[domain][channel] = int(index.ntotal) if index is not None else 0
     return {"documents": len(bundle.docs), "images": len(bundle.image_owner), "per_domain": per_domain}

@@ -89,7 +89,8 @@ def test_channel_reliability_measures_leave_one_out_image_recall() -> None:
     assert "image" not in channel_reliability(images[:10], np.arange(10), 0.3)  # one image per document
 
 
-def test_a_bundle_built_before_keeps_its_weights_and_gets_defaults_for_the_rest() -> None:
+def _tiny_bundle(fusion: dict | None = None):
+    """A three-document bundle from a manifest as an earlier build wrote it (`fusion`: its calibrated weights)."""
     from rag.heads import Aligner, DomainRouter
     from rag.index_bundle import IndexBundle
     from rag.lexical import LexicalIndex
@@ -99,14 +100,48 @@ def test_a_bundle_built_before_keeps_its_weights_and_gets_defaults_for_the_rest(
     encoder = {"name": "e", "dim": 4, "fingerprint": "f"}
     old = {"encoders": {"text": encoder, "image": encoder}, "dims": {"text": 4, "image": 4, "joint": 4},
            "domains": ["radiology"], "spec": {}, "next_doc": 3, "next_image": 0, "routing": {"threshold": 0.5},
-           "fusion": {"text": {"text": 0.0, "bm25": 0.5}}, "selection": SelectionConfig().to_json()}
+           "selection": SelectionConfig().to_json(), **({"fusion": fusion} if fusion else {})}
     manifest = Manifest.from_json(old, "old/manifest.json")
     bundle = IndexBundle(manifest=manifest, docs={n: DOCS[n] for n in range(3)}, image_owner={}, vectors={},
                          lexical=LexicalIndex.build([], []), router=DomainRouter(4, 4, 1), aligner=Aligner(4, 4, 4),
                          selection=SelectionConfig())
+    return bundle, old
+
+
+def test_a_bundle_built_before_keeps_its_weights_and_gets_defaults_for_the_rest() -> None:
+    bundle, old = _tiny_bundle({"text": {"text": 0.0, "bm25": 0.5}})
+    manifest = bundle.manifest
     assert bundle.fusion_weights("text") == {"text": 0.0, "bm25": 0.5}      # its calibration is kept
     assert bundle.fusion_weights("image") == {"joint": 1.0, "image": 1.0}   # nothing measured: equal
     assert bundle.abstention_thresholds() == {} and bundle.unaligned == set()
     assert manifest.to_json() == old                                          # written back as read
     manifest.aligned_docs = 2                                                 # one document added since
     assert bundle.unaligned == {2}
+
+
+def _calibration_rows(clear_wins: int, sure: int) -> list[tuple[list[str], np.ndarray, int]]:
+    """Val questions over (text, image): `sure` ones every weighting gets right, `clear_wins` ones where a
+    confident wrong text match beats the gold's image match unless the image channel leads."""
+    channels = ["text", "image"]
+    sure_z = np.asarray([[3.0, 3.0], [0.0, 0.0]])             # gold first whatever the weights
+    contested = np.asarray([[-1.0, 3.0], [3.5, 0.0]])         # gold's image vs another document's text
+    return [(channels, sure_z, 0)] * sure + [(channels, contested, 0)] * clear_wins
+
+
+def test_calibration_replaces_the_defaults_only_when_val_says_so_beyond_noise() -> None:
+    from rag.fusion import _best_weights
+
+    defaults = {"text": 1.0, "image": 1.0}
+    clear = _best_weights(_calibration_rows(clear_wins=30, sure=10), defaults)
+    assert clear["calibrated"] == 1.0 and clear["image"] > clear["text"]
+    assert clear["val_mrr"] == 1.0 and clear["val_mrr_default"] == pytest.approx(0.625)
+    # one contested question in forty: the image-led grid point is better on val, but by one question
+    noise = _best_weights(_calibration_rows(clear_wins=1, sure=39), defaults)
+    assert noise["calibrated"] == 0.0 and {c: noise[c] for c in defaults} == defaults
+    assert noise["val_mrr_best"] > noise["val_mrr"] == noise["val_mrr_default"]
+    # a kind that kept its defaults is not frozen into the manifest: it follows the corpus's reliability
+    bundle, _ = _tiny_bundle()
+    bundle.set_fusion({"text": {**clear, "bm25": 0.5}, "image": noise})
+    assert bundle.manifest.fusion == {"text": {"text": clear["text"], "image": clear["image"], "bm25": 0.5}}
+    assert bundle.manifest.fusion_calibration["image"] is noise
+    assert bundle.fusion_weights("image") == {"joint": 1.0, "image": 1.0}   # the defaults, not a frozen copy
