@@ -37,7 +37,7 @@ import trl.trainer.utils as trl_utils
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-from finetune.lora import TuneSettings, check_targets, lora_config, resume_point, run_info, save_results, training_arguments
+from finetune.lora import TuneSettings, check_targets, lora_config, run_info, run_training, save_results, training_arguments
 from finetune.pairs import load_pairs
 from rag.scoring import RULE_FILE
 
@@ -105,7 +105,7 @@ def train_dpo(base: str | Path, pairs: str | Path, out: str | Path, settings: Tu
                                  data_collator=EvidencePreferenceCollator(processor=processor,
                                                                           max_length=settings.max_length))
     with compact_log_probs():
-        trainer.train(resume_from_checkpoint=resume_point(out, resume))
+        run_training(trainer, out, resume)
     info = run_info("RAG-PT (DPO, LoRA)", str(base), str(pairs), len(dataset), settings, started)
     info["pair_types"] = dict(sorted(Counter(dataset["pair_type"]).items()))
     result = save_results(trainer, processor, out, info)

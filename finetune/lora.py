@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from rag.reporting import new_figure, now, save_figure
 
@@ -122,6 +123,23 @@ def training_arguments(settings: TuneSettings, out: Path) -> dict[str, Any]:
                 bf16=cuda and torch.cuda.is_bf16_supported(), report_to="none",
                 max_length=settings.max_length, dataloader_num_workers=0, dataloader_pin_memory=cuda,
                 disable_tqdm=False, **{_CHECKPOINTING: settings.gradient_checkpointing})
+
+
+class LossBar(ProgressCallback):
+    """Transformers' training bar, with the latest loss as its postfix: the stock one prints every log
+    (a dict of a dozen figures at each step, with logging_steps=1) under the bar. The figures still
+    reach `trainer.state.log_history`, the training log and its plot."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4g}", refresh=False)
+
+
+def run_training(trainer: Any, out: Path, resume: bool | str) -> None:
+    """Train (resuming as `resume_point` says) under one quiet progress bar."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossBar)
+    trainer.train(resume_from_checkpoint=resume_point(out, resume))
 
 
 def resume_point(out: Path, resume: bool | str) -> str | bool | None:

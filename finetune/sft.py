@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune.lora import (TuneSettings, check_targets, lora_config, resume_point, run_info, save_results,
+from finetune.lora import (TuneSettings, check_targets, lora_config, run_info, run_training, save_results,
                            training_arguments)
 from finetune.pairs import text_messages
 from rag.corpus import Document, QAItem
@@ -90,7 +90,7 @@ def run_sft(base: str | Path, dataset: Any, out: str | Path, settings: TuneSetti
     args = SFTConfig(**training_arguments(settings, out), completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          peft_config=lora_config(settings))
-    trainer.train(resume_from_checkpoint=resume_point(out, resume))
+    run_training(trainer, out, resume)
     info = {**run_info(title, str(base), data, len(dataset), settings, started), **(details or {})}
     return save_results(trainer, processor, out, info)
 
