@@ -48,5 +48,5 @@ def print_answer(answer: Answer, gold: str | None = None) -> None:
         print(f"   {mark}[{e.number}] {e.score:.4f} {e.id:<28} {e.title[:56]}")
     print(f"  A: {answer.text}" + (f"   (gold: {gold})" if gold is not None else ""))
     if answer.citations:
-        print("  cites: " + ", ".join(f"[{c.number}] {c.evidence_id} ({c.how})" for c in answer.citations))
+        print("  cites: " + ", ".join(f"[{c.number}] {c.evidence_id} ({c.label()})" for c in answer.citations))
     print(f"  {answer.timings['total'] * 1000:.0f} ms ({answer.mode})")

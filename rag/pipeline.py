@@ -27,7 +27,7 @@ from rag.encoders import ImageInput, load_rgb
 from rag.fusion import Hit
 from rag.generator import Generator, create_generator
 from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, match_option, parse_citations, snippet,
-                        supporting_evidence)
+                        stating_evidence, supporting_evidence)
 from rag.retriever import Retriever
 from rag.scoring import baseline_prompt
 from rag.selection import select_hits
@@ -61,6 +61,14 @@ class Citation:
     number: int
     evidence_id: str
     how: str                   # "model": written by the model as [n]; "attributed": the item states the answer
+    # For the model's own citations: whether the cited document states the chosen answer verbatim while
+    # some kept item does (False: the model cited the wrong item); None when that cannot be told
+    # (a yes/no answer, or no kept item states it word for word).
+    states_answer: bool | None = None
+
+    def label(self) -> str:
+        """How the citation came about, as the console, notebooks and web page show it."""
+        return self.how + (", does not state the answer" if self.states_answer is False else "")
 
 
 @dataclass
@@ -228,10 +236,12 @@ class MedRAG:
         if not evidence:
             return []
         by_number = {e.number: e for e in evidence}
-        cited = [Citation(n, by_number[n].id, "model") for n in parse_citations(generated, len(evidence))]
-        if cited:
-            return cited
         texts = [e.title + " " + h.doc.text for e, h in zip(evidence, kept)]
-        numbers = supporting_evidence(answer, [EvidenceText(e.number, e.title, e.snippet) for e in evidence], texts)
+        items = [EvidenceText(e.number, e.title, e.snippet) for e in evidence]
+        cited = parse_citations(generated, len(evidence))
+        if cited:
+            stating = stating_evidence(answer, items, texts)
+            return [Citation(n, by_number[n].id, "model", (n in stating) if stating else None) for n in cited]
+        numbers = supporting_evidence(answer, items, texts)
         return [Citation(n, by_number[n].id, "attributed") for n in numbers]
 

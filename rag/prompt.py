@@ -108,11 +108,19 @@ def match_option(text: str, options: list[str]) -> int | None:
     return best if overlap[best] > 0 else None
 
 
+def stating_evidence(answer: str, evidence: list[EvidenceText], full_texts: list[str]) -> list[int] | None:
+    """Evidence numbers whose document states the answer verbatim; None when the answer has no content
+    words to look for ("yes", "no"), so no document can be said to state it or not."""
+    lowered = answer.lower().strip()
+    if not content_words(lowered) - {"yes", "no"}:
+        return None
+    return [e.number for e, t in zip(evidence, full_texts) if lowered in t.lower()]
+
+
 def supporting_evidence(answer: str, evidence: list[EvidenceText], full_texts: list[str]) -> list[int]:
     """Evidence numbers whose document states the answer (verbatim, else by most shared words): the
     citation we attach when the model's text did not cite anything itself."""
-    lowered = answer.lower().strip()
-    verbatim = [e.number for e, t in zip(evidence, full_texts) if lowered and lowered in t.lower()]
+    verbatim = stating_evidence(answer, evidence, full_texts)
     if verbatim:
         return verbatim[:3]
     wanted = content_words(answer)

@@ -41,7 +41,10 @@ def test_bundle_round_trip(small_index: Path, small_corpus: Path, encoders, retr
     assert manifest["counts"]["documents"] == len(docs)
     assert manifest["counts"]["images"] == sum(len(d.images) for d in docs)
     assert manifest["domains"] == ["radiology", "tcm_tongue"]
-    assert set(manifest["fusion"]) == {"text", "image+text"}
+    # both kinds of val question were calibrated; a kind keeps its grid point only where it beat the defaults
+    calibration = manifest["fusion_calibration"]
+    assert set(calibration) == {"text", "image+text"} and all(c["n"] > 0 for c in calibration.values())
+    assert set(manifest["fusion"]) == {kind for kind, c in calibration.items() if c["calibrated"]}
     assert manifest["selection"]["gamma"] is not None and manifest["selection"]["k"] is not None
     reloaded = Retriever(load_bundle(small_index), *encoders)
     question = read_qa(small_corpus / "qa.jsonl")[0].question

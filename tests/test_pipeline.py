@@ -175,3 +175,31 @@ def test_prompt_helpers():
     assert snippet(text, "Which channels does it enter?", max_words=5) == "Channels entered: Spleen, Lung."
     prompt = build_prompt("Q?", [], image=None, options=["yes", "no"])
     assert prompt.images == [] and "Options:\nA. yes\nB. no" in prompt.messages[-1]["content"][0]["text"]
+
+
+def test_a_model_citation_of_an_item_that_does_not_state_the_answer_is_flagged():
+    from rag.corpus import Document
+    from rag.fusion import Hit
+    from rag.pipeline import Evidence, MedRAG
+    from rag.prompt import stating_evidence
+
+    docs = [Document(id="herb-chenpi", domain="tcm_herb", title="Chen Pi", text="Channels entered: Lung, Spleen."),
+            Document(id="herb-chuanxiong", domain="tcm_herb", title="Chuan Xiong",
+                     text="Channels entered: Liver, Gallbladder, Pericardium.")]
+    kept = [Hit(doc_number=n, doc=d, score=2.0 - n) for n, d in enumerate(docs)]
+    evidence = [Evidence(n + 1, d.id, d.title, d.domain, 2.0 - n, None, d.text) for n, d in enumerate(docs)]
+    answer = "Liver, Gallbladder, Pericardium"
+    wrong, = MedRAG._cite(answer, "[1]", evidence, kept)
+    assert (wrong.evidence_id, wrong.how, wrong.states_answer) == ("herb-chenpi", "model", False)
+    assert wrong.label() == "model, does not state the answer"
+    right, = MedRAG._cite(answer, "[2]", evidence, kept)
+    assert right.states_answer is True and right.label() == "model"
+    # a yes/no answer, or one no kept item states word for word, cannot be checked this way
+    assert MedRAG._cite("yes", "[1]", evidence, kept)[0].states_answer is None
+    assert MedRAG._cite("Kidney", "[1]", evidence, kept)[0].states_answer is None
+    texts = [d.title + " " + d.text for d in docs]
+    items = [EvidenceText(e.number, e.title, e.snippet) for e in evidence]
+    assert stating_evidence(answer, items, texts) == [2] and stating_evidence("No", items, texts) is None
+    # without a model citation the attributed one is the item that states the answer
+    attributed, = MedRAG._cite(answer, "", evidence, kept)
+    assert (attributed.number, attributed.how, attributed.states_answer) == (2, "attributed", None)

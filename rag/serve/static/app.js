@@ -200,15 +200,21 @@ function renderAnswer(article, answer, panel) {
   meta.push(answer.abstained ? "abstained: the evidence is too weak" : `mode ${answer.mode}`);
   if (answer.selection) meta.push(`kept ${answer.evidence.length}: ${answer.selection}`);
   meta.push(`${Math.round(answer.timings_ms.total)} ms on the server`);
-  const cites = answer.citations.map((c) => `[${c.number}] ${c.evidence_id} (${c.how})`).join(", ");
+  const cites = answer.citations.map((c) => `[${c.number}] ${c.evidence_id} (${citationLabel(c)})`).join(", ");
   article.querySelector(".body").replaceChildren(
     citedText(answer.text, panel),
     el("p", { class: "meta" }, meta.join(" · ")),
     ...(cites ? [el("p", { class: "meta" }, `cites ${cites}`)] : []));
 }
 
+// As rag.pipeline.Citation.label: how the citation came about, and a model citation of an item that
+// does not state the answer when another kept item does.
+function citationLabel(c) {
+  return c.how + (c.states_answer === false ? ", does not state the answer" : "");
+}
+
 function renderEvidence(answer) {
-  const cited = new Map(answer.citations.map((c) => [c.number, c.how]));
+  const cited = new Map(answer.citations.map((c) => [c.number, citationLabel(c)]));
   const cards = answer.evidence.map((e) => {
     const img = el("img", { alt: e.title });
     blobUrl(`/api/evidence/${encodeURIComponent(e.id)}/image`).then((url) => { img.src = url; }).catch(() => img.remove());
