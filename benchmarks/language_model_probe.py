@@ -14,8 +14,8 @@ retrieved evidence, under every scoring rule (the rule per question kind chosen 
 as for a shipped model). Each run is a subprocess, timed, with its peak resident memory.
 
 What this is not: the deliverable compares the two after Stage A; training Stage A on the 270M
-model on 2 CPU cores (about five times the time per step) did not fit. This measures where each
-starts, and what Gemma costs in time and memory.
+model on 2 CPU cores did not fit in the session that wrote this (its training speed is not measured
+here). This measures where each starts, and what Gemma costs in time and memory at inference.
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ def build_untuned(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rag.atomic import atomic_save_dir
-    from rag.encoders import EfficientNetLite0Encoder
-    from rag.vlm import build_default_vlm, build_vlm
+    from rag.vlm import build_default_vlm, build_vlm, offline_vision_weights
 
     if name == "smollm2-135m":
         model, processor = build_default_vlm(progress=False)
@@ -67,9 +66,7 @@ def build_untuned(name: str) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         language_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                               dtype=torch.float32)
-        cnn = EfficientNetLite0Encoder(device="cpu")
-        vision = {k: v for k, v in cnn.net.state_dict().items() if not k.startswith("classifier.")}
-        model, processor = build_vlm(language_model, tokenizer, vision)
+        model, processor = build_vlm(language_model, tokenizer, offline_vision_weights())
         model.config.text_config.quantization_config = None   # de-quantised on load: plain float32 weights
 
     def write(tmp: Path) -> None:

@@ -26,8 +26,8 @@ from PIL import Image
 from rag.encoders import ImageInput, load_rgb
 from rag.fusion import Hit
 from rag.generator import Generator, create_generator
-from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, match_option, parse_citations, snippet,
-                        stating_evidence, supporting_evidence)
+from rag.prompt import (ABSTAIN_TEXT, EvidenceText, build_prompt, checkable_answer, match_option, parse_citations,
+                        snippet, stating_evidence, supporting_evidence)
 from rag.retriever import Retriever
 from rag.scoring import baseline_prompt
 from rag.selection import select_hits
@@ -240,7 +240,7 @@ class MedRAG:
         items = [EvidenceText(e.number, e.title, e.snippet) for e in evidence]
         cited = parse_citations(generated, len(evidence))
         if cited:
-            stating = stating_evidence(answer, items, texts)
+            stating = stating_evidence(answer, items, texts) if checkable_answer(answer) else []
             return [Citation(n, by_number[n].id, "model", (n in stating) if stating else None) for n in cited]
         numbers = supporting_evidence(answer, items, texts)
         return [Citation(n, by_number[n].id, "attributed") for n in numbers]

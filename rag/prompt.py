@@ -108,13 +108,15 @@ def match_option(text: str, options: list[str]) -> int | None:
     return best if overlap[best] > 0 else None
 
 
-def stating_evidence(answer: str, evidence: list[EvidenceText], full_texts: list[str]) -> list[int] | None:
-    """Evidence numbers whose document states the answer verbatim; None when the answer has no content
-    words to look for ("yes", "no"), so no document can be said to state it or not."""
+def stating_evidence(answer: str, evidence: list[EvidenceText], full_texts: list[str]) -> list[int]:
+    """Evidence numbers whose document states the answer verbatim."""
     lowered = answer.lower().strip()
-    if not content_words(lowered) - {"yes", "no"}:
-        return None
-    return [e.number for e, t in zip(evidence, full_texts) if lowered in t.lower()]
+    return [e.number for e, t in zip(evidence, full_texts) if lowered and lowered in t.lower()]
+
+
+def checkable_answer(answer: str) -> bool:
+    """Whether a document can be said to state `answer` or not: "yes" or "no" is in almost any text."""
+    return bool(content_words(answer) - {"yes", "no"})
 
 
 def supporting_evidence(answer: str, evidence: list[EvidenceText], full_texts: list[str]) -> list[int]:

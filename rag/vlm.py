@@ -362,9 +362,13 @@ def build_default_vlm(progress: bool = True) -> tuple[MedVLMForConditionalGenera
     lm_dir = converted_language_model(progress)
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     language_model = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    return build_vlm(language_model, tokenizer, offline_vision_weights())
+
+
+def offline_vision_weights() -> dict[str, torch.Tensor]:
+    """The offline EfficientNet-Lite0 without its classifier: the vision tower of every MedVLM built here."""
     cnn = EfficientNetLite0Encoder(device="cpu")
-    vision = {k: v for k, v in cnn.net.state_dict().items() if not k.startswith("classifier.")}
-    return build_vlm(language_model, tokenizer, vision)
+    return {k: v for k, v in cnn.net.state_dict().items() if not k.startswith("classifier.")}
 
 
 def load_vlm(path: str | Path, device: str | None = None) -> tuple[MedVLMForConditionalGeneration, MedVLMProcessor]:

@@ -181,7 +181,7 @@ def test_a_model_citation_of_an_item_that_does_not_state_the_answer_is_flagged()
     from rag.corpus import Document
     from rag.fusion import Hit
     from rag.pipeline import Evidence, MedRAG
-    from rag.prompt import stating_evidence
+    from rag.prompt import checkable_answer, stating_evidence
 
     docs = [Document(id="herb-chenpi", domain="tcm_herb", title="Chen Pi", text="Channels entered: Lung, Spleen."),
             Document(id="herb-chuanxiong", domain="tcm_herb", title="Chuan Xiong",
@@ -199,7 +199,7 @@ def test_a_model_citation_of_an_item_that_does_not_state_the_answer_is_flagged()
     assert MedRAG._cite("Kidney", "[1]", evidence, kept)[0].states_answer is None
     texts = [d.title + " " + d.text for d in docs]
     items = [EvidenceText(e.number, e.title, e.snippet) for e in evidence]
-    assert stating_evidence(answer, items, texts) == [2] and stating_evidence("No", items, texts) is None
+    assert stating_evidence(answer, items, texts) == [2] and not checkable_answer("No")
     # without a model citation the attributed one is the item that states the answer
     attributed, = MedRAG._cite(answer, "", evidence, kept)
     assert (attributed.number, attributed.how, attributed.states_answer) == (2, "attributed", None)
