@@ -73,8 +73,10 @@ def test_a_new_documents_image_match_is_not_tied_by_the_old_document_the_aligner
 
 def test_standardise_says_nothing_about_a_list_without_spread() -> None:
     assert standardise([(1, 0.5)]) == ({1: 0.0}, 0.0)
-    z, floor = standardise([(1, 30.0)] + [(n, 0.0) for n in range(2, 20)])
-    assert z[1] == 4.0 and floor < 0  # clipped: one sparse BM25 hit cannot decide alone
+    z, floor = standardise([(1, 30.0)] + [(n, 0.0) for n in range(2, 51)])
+    assert z[1] == 6.0 and floor < 0  # clipped (unclipped: 7): one sparse BM25 hit cannot decide alone
+    z, _ = standardise([(1, 33.0), (2, 17.0)] + [(n, 5.0 - n / 10) for n in range(3, 51)])
+    assert z[1] > 4.0  # a hit that stands far out keeps more strength than any of the rest
 
 
 def test_channel_reliability_measures_leave_one_out_image_recall() -> None:
