@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,29 @@ def medrag(*args: str) -> dict[str, Any]:
     """One `medrag` command in a subprocess (its progress on the console): stdout, wall time, peak memory."""
     command = [sys.executable, "-m", "rag.cli", *args]
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    stdout = process.stdout.read() if process.stdout else ""
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(command)} failed with status {status}")
-    return {"stdout": stdout, "seconds": round(time.perf_counter() - started, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+    peak_kb = 0
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, text=True)
+        while process.poll() is None:
+            peak_kb = max(peak_kb, high_water_kb(process.pid))
+            time.sleep(0.2)
+        out.seek(0)
+        stdout = out.read()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed with status {process.returncode}")
+    return {"stdout": stdout, "seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_kb / 1024)}
+
+
+def high_water_kb(pid: int) -> int:
+    """Peak resident memory of a running process's own address space (VmHWM), in kB; 0 once it has ended.
+
+    Not wait4's ru_maxrss: Linux keeps the parent's size in it across fork and exec, so every command this
+    script starts after building a 4 GB model in-process would report at least 4 GB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def score(folder: Path, questions: int) -> dict[str, Any]:
@@ -107,8 +124,17 @@ def score(folder: Path, questions: int) -> dict[str, Any]:
 
 
 def train_stage_a(name: str, untuned: Path, steps: int, work: Path) -> tuple[Path, dict[str, Any]]:
-    """Align the projector, then Stage A for `steps` steps; the merged model and each stage's cost."""
+    """Align the projector, then Stage A for `steps` steps; the merged model and each stage's cost.
+
+    A finished run of the same length in `work` is reused with the costs it recorded (training.json), so
+    the scoring can be rerun without an hour of training."""
     aligned, reader = work / f"{name}-aligned", work / f"{name}-reader"
+    record = reader / "training.json"
+    if record.is_file() and (reader / "merged" / "config.json").is_file():
+        training = json.loads(record.read_text(encoding="utf-8"))
+        if training.get("stage_a_steps") == steps:
+            print(f"reusing {reader} (trained {training.get('date', '?')})", flush=True)
+            return reader / "merged", training
     align = medrag("finetune", "align", "--base", str(untuned), "--out", str(aligned), "--max-steps", str(ALIGN_STEPS))
     stage_a = medrag("finetune", "rag-sft", "--base", str(aligned), "--out", str(reader), "--max-steps", str(steps),
                      *STAGE_A_FLAGS)
@@ -116,7 +142,8 @@ def train_stage_a(name: str, untuned: Path, steps: int, work: Path) -> tuple[Pat
     training = {"align_steps": ALIGN_STEPS, "stage_a_steps": steps,
                 "align_seconds": align["seconds"], "stage_a_seconds": stage_a["seconds"],
                 "stage_a_seconds_per_step": round(stage_a["seconds"] / steps, 2),
-                "training_peak_rss_mb": max(align["peak_rss_mb"], stage_a["peak_rss_mb"])}
+                "training_peak_rss_mb": max(align["peak_rss_mb"], stage_a["peak_rss_mb"]), "date": now()}
+    record.write_text(json.dumps(training, indent=1) + "\n", encoding="utf-8")
     return reader / "merged", training
 
 
@@ -154,20 +181,26 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{gold.get('multiple_choice', float('nan')):.3f} | {retrieved['all']:.3f} | {r['seconds']} "
                      f"({r['seconds_per_question']}) | {r['peak_rss_mb']} | {r['licence']} |")
     if steps:
-        lines += ["", "Training cost (2 CPU cores):", "", "| model | align s | Stage A s (s/step) | peak memory MB |",
-                  "|---|---|---|---|"]
+        lines += ["", "Training cost (2 CPU cores):", "",
+                  "| model | align s | Stage A s (s/step) | peak memory MB | trained |", "|---|---|---|---|---|"]
         for r in result["rows"]:
             t = r["training"]
             lines.append(f"| {r['model']} | {t['align_seconds']} | {t['stage_a_seconds']} "
-                         f"({t['stage_a_seconds_per_step']}) | {t['training_peak_rss_mb']} |")
+                         f"({t['stage_a_seconds_per_step']}) | {t['training_peak_rss_mb']} | {t.get('date', '')} |")
     lines += ["", "Chosen rules: " + "; ".join(f"{r['model']}: {r['chosen']}" for r in result["rows"]), ""]
-    if not steps:
-        lines += ["Untuned, so this says where each model starts, not which reads better after Stage A "
-                  "(`--stage-a`); at n≈60 a gap under about 15 points is noise.", ""]
-    else:
-        lines += ["At n≈60 a gap under about 15 points is noise; the rules are chosen on the questions they are "
-                  "scored on, for both models alike.", ""]
+    lines += [gap(*result["rows"][:2]) if len(result["rows"]) > 1 else ""]
+    lines += ["Untuned, so this says where each model starts, not which reads better after Stage A (`--stage-a`)."
+              if not steps else "The rules are chosen on the questions they are scored on, for both models alike.", ""]
     return "\n".join(lines)
+
+
+def gap(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """The gold-evidence accuracy difference of two rows with its 95% interval (normal approximation, unpaired:
+    the scoring report keeps no per-question outcomes, so this is wider than a paired interval would be)."""
+    a, b = first["chosen_accuracy"]["gold"]["all"], second["chosen_accuracy"]["gold"]["all"]
+    half = 1.96 * math.sqrt(a * (1 - a) / first["n"] + b * (1 - b) / second["n"])
+    return (f"Gold-evidence difference, {first['model']} − {second['model']}: {100 * (a - b):+.1f} points "
+            f"[{100 * (a - b - half):+.1f}, {100 * (a - b + half):+.1f}] (95%, unpaired).")
 
 
 def main(argv: list[str] | None = None) -> int:
