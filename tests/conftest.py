@@ -20,6 +20,21 @@ SMALL_DOMAINS = ("tcm_tongue", "radiology")
 
 
 @pytest.fixture(scope="session")
+def load_benchmark():
+    """Loads benchmarks/NAME.py as a module, by path: benchmarks/ is a folder of scripts, not a package."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     from sample_corpus.build import build_sample_corpus
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -10,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def probe():
-    # loaded by path: benchmarks/ is a folder of scripts, not a package
-    spec = importlib.util.spec_from_file_location("language_model_probe", REPO / "benchmarks" / "language_model_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def probe(load_benchmark):
+    return load_benchmark("language_model_probe")
 
 
 def test_a_commands_peak_memory_is_its_own_not_the_parents(probe) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -13,12 +12,8 @@ REALDATA = Path(os.environ.get("MEDRAG_REALDATA", REPO.parent / "shared" / "real
 
 
 @pytest.fixture(scope="module")
-def bench():
-    # loaded by path: benchmarks/ is a folder of scripts, not a package
-    spec = importlib.util.spec_from_file_location("retrieval_benchmark", REPO / "benchmarks" / "retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("retrieval")
 
 
 def test_summary_gives_recall_latency_and_where_the_time_goes(bench) -> None:
