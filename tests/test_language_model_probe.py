@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def probe(load_benchmark):
     return load_benchmark("language_model_probe")
